@@ -1,0 +1,21 @@
+"""Errors raised where bad input enters raymmft.
+
+Every error carries a one-line message that names the file, field or value at fault; the CLI prints it
+as ``error: <message>`` and exits with status 2, leaving anything already written untouched.
+"""
+
+
+class RaymmftError(Exception):
+    """Base class for user-facing errors (bad config, data, weights, storage)."""
+
+
+class ConfigError(RaymmftError):
+    """A configuration file or override is invalid."""
+
+
+class ModelError(RaymmftError):
+    """A model architecture, pretrained tag or checkpoint cannot be used."""
+
+
+class DataError(RaymmftError):
+    """A dataset spec, path or file cannot be read."""

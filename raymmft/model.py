@@ -1,0 +1,193 @@
+"""CLIP model factory: an open_clip model, its preprocessing and tokenizer, built from a config.
+
+Weights come from one of three places (``pretrained``):
+- ``None``: random init (the built-in tiny architectures need nothing else);
+- an open_clip tag such as ``openai`` (downloaded by open_clip into its cache, or read from it offline);
+- a local file (``.pt``/``.bin``/``.safetensors``), e.g. weights fetched elsewhere and copied to the cluster.
+
+The built-in architectures ``raymmft-tiny`` and ``raymmft-small`` are registered with open_clip's own
+config mechanism, so they are usable wherever an open_clip model name is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import open_clip
+import torch
+
+from raymmft.errors import ModelError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "assets" / "model_configs"
+BUILTIN_ARCHS = tuple(sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json")))
+
+Precision = Literal["fp32", "bf16", "fp16"]
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+# CLIP clamps the learned logit scale at 100 (temperature 0.01); so do we.
+MAX_LOGIT_SCALE = math.log(100.0)
+
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@dataclass
+class ClipBundle:
+    """A model with what it needs to see images and read text."""
+
+    arch: str
+    model: open_clip.CLIP
+    preprocess_train: Callable
+    preprocess_eval: Callable
+    tokenizer: Callable
+    image_size: int
+    autocast_dtype: torch.dtype | None
+
+
+def _image_size(model: torch.nn.Module) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _pretrained_help(arch: str) -> str:
+    return (
+        f"download the weights on a machine with internet (e.g. open_clip.create_model('{arch}', "
+        f"pretrained=TAG) then save model.state_dict()) and set model.pretrained to the local file path"
+    )
+
+
+def _resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
+    """Check a pretrained value before open_clip sees it; return what open_clip should load."""
+    if pretrained is None or pretrained in ("", "none"):
+        return None
+    looks_like_path = os.sep in pretrained or Path(pretrained).suffix in (
+        ".pt",
+        ".pth",
+        ".bin",
+        ".safetensors",
+        ".npz",
+    )
+    if Path(pretrained).is_file():
+        return pretrained
+    if looks_like_path:
+        raise ModelError(f"pretrained weights file not found: {pretrained}")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        known = ", ".join(tags) if tags else "none"
+        raise ModelError(
+            f"unknown pretrained tag '{pretrained}' for {arch} (known tags: {known}); "
+            f"for local weights give a file path"
+        )
+    return pretrained
+
+
+def set_temperature(model: torch.nn.Module, temperature: float, *, learnable: bool) -> None:
+    """Set ``logit_scale = log(1 / temperature)``; a frozen scale becomes a buffer.
+
+    A frozen scale must not stay an ``nn.Parameter`` with ``requires_grad=False`` alone: DDP would then
+    see a parameter that never gets a gradient. As a buffer it is saved with the weights and
+    broadcast by DDP, but never optimised.
+    """
+    if not temperature > 0:
+        raise ModelError(f"temperature must be > 0, got {temperature}")
+    value = torch.full_like(model.logit_scale.detach(), math.log(1.0 / temperature))
+    del model.logit_scale
+    if learnable:
+        model.logit_scale = torch.nn.Parameter(value)
+    else:
+        model.register_buffer("logit_scale", value)
+
+
+def build_model(
+    arch: str,
+    pretrained: str | None = None,
+    *,
+    temperature: float | None = None,
+    learn_temperature: bool = True,
+    precision: Precision = "fp32",
+    device: str | torch.device = "cpu",
+) -> ClipBundle:
+    """Build an open_clip model with its train/eval transforms and tokenizer.
+
+    ``temperature`` (tau) sets the initial ``logit_scale = log(1/tau)``; ``None`` keeps the
+    architecture's or checkpoint's value. ``precision`` selects the autocast dtype used for training
+    and evaluation; weights stay in float32 so that mixed-precision updates are exact.
+    """
+    if arch not in open_clip.list_models():
+        raise ModelError(
+            f"unknown architecture '{arch}' (built-in: {', '.join(BUILTIN_ARCHS)}; "
+            f"or any open_clip name, see open_clip.list_models())"
+        )
+    if precision not in AUTOCAST_DTYPES:
+        raise ModelError(f"unknown precision '{precision}' (known: fp32, bf16, fp16)")
+    if temperature is not None and not temperature > 0:
+        raise ModelError(f"temperature must be > 0, got {temperature}")
+    weights = _resolve_pretrained(arch, pretrained)
+    try:
+        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+            arch, pretrained=weights, device=device, pretrained_text=False
+        )
+    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+        if weights is None:
+            raise
+        reason = str(exc).splitlines()[0][:200]
+        raise ModelError(
+            f"could not load pretrained weights '{weights}' for {arch}: {reason}; {_pretrained_help(arch)}"
+        ) from exc
+    if temperature is not None:
+        set_temperature(model, temperature, learnable=learn_temperature)
+    elif not learn_temperature:
+        set_temperature(model, 1.0 / model.logit_scale.exp().item(), learnable=False)
+    return ClipBundle(
+        arch=arch,
+        model=model,
+        preprocess_train=preprocess_train,
+        preprocess_eval=preprocess_eval,
+        tokenizer=open_clip.get_tokenizer(arch),
+        image_size=_image_size(model),
+        autocast_dtype=AUTOCAST_DTYPES[precision],
+    )
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, arch: str) -> None:
+    """Load a raymmft checkpoint's model weights (``{"model": state_dict, "arch": ...}``) or a bare
+    state dict into ``model``; a checkpoint of another architecture is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise ModelError(
+            f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}"
+        ) from exc
+    state = payload.get("model", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise ModelError(f"checkpoint {path} holds no model state dict")
+    saved_arch = payload.get("arch") if isinstance(payload, dict) else None
+    if saved_arch is not None and saved_arch != arch:
+        raise ModelError(f"checkpoint {path} is for architecture '{saved_arch}', not '{arch}'")
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    if bad or missing:
+        first = (bad or missing)[0]
+        raise ModelError(
+            f"checkpoint {path} does not fit architecture '{arch}' "
+            f"({len(bad)} mismatched and {len(missing)} missing tensors, e.g. '{first}')"
+        )
+    model.load_state_dict(state)
+
+
+def clamp_logit_scale(model: torch.nn.Module) -> None:
+    """Keep the learned logit scale in [0, log 100], as CLIP training does after each step."""
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
