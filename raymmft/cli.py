@@ -13,7 +13,10 @@ import sys
 from raymmft.errors import RaymmftError
 
 # name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "search": ("raymmft.commands.search", "search lambda, tau, lr (or any field) with Ray Tune + Optuna"),
+    "train": ("raymmft.commands.train", "one fine-tuning run at fixed values (Ray Train workers)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

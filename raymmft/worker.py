@@ -1,0 +1,71 @@
+"""Ray Train's ``train_fn_per_worker``: the thin Ray adaptor around ``raymmft.loop.run_training``.
+
+It reads the worker's rank from the Ray Train context, wraps the model in DDP
+(``ray.train.torch.prepare_model``), resumes from ``ray.train.get_checkpoint()``, and reports each
+evaluation with rank 0's checkpoint, written atomically into a fresh directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+from raymmft.config import Config
+from raymmft.loop import Fault, run_training
+
+CHECKPOINT_FILE = "state.pt"
+# Fault injection for tests: "RANK:STEP[:KIND]" makes that rank fail at that step, first attempt only.
+FAULT_ENV = "RAYMMFT_FAULT"
+
+
+def save_checkpoint(state: dict, directory: Path) -> Path:
+    """Write ``state`` so that a crash mid-write never leaves a file that loads as valid."""
+    path = directory / CHECKPOINT_FILE
+    tmp = directory / f".{CHECKPOINT_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(checkpoint: ray.train.Checkpoint) -> dict:
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def _fault(attempt_has_checkpoint: bool) -> Fault | None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or attempt_has_checkpoint:
+        return None
+    rank, step, *kind = spec.split(":")
+    return Fault(rank=int(rank), step=int(step), kind=kind[0] if kind else "exit")
+
+
+def _report(metrics: dict, state: dict | None) -> None:
+    if state is None:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="raymmft-ckpt-") as d:
+        save_checkpoint(state, Path(d))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def train_fn_per_worker(loop_config: dict) -> None:
+    cfg = Config.model_validate(loop_config["config"])
+    ctx = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+    run_training(
+        cfg,
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        wrap_model=ray.train.torch.prepare_model,
+        report=_report,
+        resume_state=load_checkpoint(checkpoint) if checkpoint else None,
+        fault=_fault(checkpoint is not None),
+        cache_dir=loop_config.get("cache_dir"),
+    )
