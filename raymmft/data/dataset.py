@@ -1,0 +1,117 @@
+"""The one dataset type every source produces: PIL RGB images through a transform, with int labels.
+
+Three storage forms, one interface: decoded pixels in memory (builtins), image files (ImageFolder),
+encoded image bytes in memory (Parquet). ``labels[i]`` indexes ``classnames``; ``sample_ids[i]``
+names sample ``i`` in its source (file path, Parquet row, generated image), for messages and for
+checking that splits are disjoint.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from raymmft.errors import DataError
+
+Transform = Callable[[Image.Image], torch.Tensor] | None
+
+
+def unreadable_reason(exc: Exception) -> str:
+    """A short reason for an image PIL could not read (PIL's own message repeats the file name)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format"
+    return str(exc) or type(exc).__name__
+
+
+def image_problem(data: bytes | str | Path | None, *, full_decode: bool) -> str | None:
+    """Why an image (encoded bytes or a file) cannot be read, ``None`` if it can: its header only
+    (cheap, catches non-images and empty files) or, with ``full_decode``, all of it."""
+    if data is None:
+        return "no image bytes (null)"
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            if full_decode:
+                image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return unreadable_reason(exc)
+    return None
+
+
+def decode_image(data: bytes | str | Path, where: str) -> Image.Image:
+    """Decode encoded bytes or a file path to an RGB image, or raise DataError naming ``where``."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {where}: {unreadable_reason(exc)}") from None
+
+
+class LabeledImageDataset(torch.utils.data.Dataset):
+    """``dataset[i] -> (transform(image), label)``; ``transform=None`` returns the PIL image."""
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        classnames: Sequence[str],
+        sample_ids: Sequence[str],
+        transform: Transform = None,
+        *,
+        skipped: Sequence[str] = (),
+    ):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classnames = list(classnames)
+        self.sample_ids = list(sample_ids)
+        self.transform = transform
+        self.skipped = list(skipped)  # sample ids of unreadable images left out (skip_corrupt)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_image(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        label = int(self.labels[index])
+        return (image if self.transform is None else self.transform(image)), label
+
+
+class ArrayImageDataset(LabeledImageDataset):
+    """Images held as one ``[N, H, W, 3]`` uint8 array (generated or small built-in sets)."""
+
+    def __init__(self, pixels: np.ndarray, labels, classnames, sample_ids, transform=None):
+        super().__init__(labels, classnames, sample_ids, transform)
+        self.pixels = pixels
+
+    def load_image(self, index: int) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(self.pixels[index]))
+
+
+class FileImageDataset(LabeledImageDataset):
+    """Images read from files on each access (ImageFolder)."""
+
+    def __init__(self, paths, labels, classnames, transform=None, *, skipped=()):
+        super().__init__(labels, classnames, [str(p) for p in paths], transform, skipped=skipped)
+
+    def load_image(self, index: int) -> Image.Image:
+        return decode_image(self.sample_ids[index], self.sample_ids[index])
+
+
+class EncodedImageDataset(LabeledImageDataset):
+    """Images held as encoded bytes (PNG/JPEG) in memory, decoded on access (Parquet)."""
+
+    def __init__(self, encoded, labels, classnames, sample_ids, transform=None, *, skipped=()):
+        super().__init__(labels, classnames, sample_ids, transform, skipped=skipped)
+        self.encoded = list(encoded)
+
+    def load_image(self, index: int) -> Image.Image:
+        return decode_image(self.encoded[index], self.sample_ids[index])

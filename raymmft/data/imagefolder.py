@@ -1,0 +1,140 @@
+"""``imagefolder:PATH``: torchvision's ImageFolder layout, ``PATH/<class folder>/**/<image>``.
+
+Class folders are sorted by name (label = position). Class names come from, in order:
+``classnames_file`` (one per line, in label order), open_clip's ImageNet names when the folders are
+the 1,000 ImageNet wnids (``n01440764`` ...), else the folder names themselves.
+
+Every selected image's header is read when the dataset opens, so an unreadable file fails there,
+named, instead of in the middle of an epoch. With ``skip_corrupt`` each selected image is decoded
+fully once instead, and unreadable ones are left out and listed in ``dataset.skipped``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raymmft.data.dataset import FileImageDataset, image_problem
+from raymmft.data.selection import select_samples
+from raymmft.data.spec import DatasetSpec
+from raymmft.errors import DataError
+
+# torchvision.datasets.folder.IMG_EXTENSIONS
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+WNID = re.compile(r"n\d{8}")
+IMAGENET_CLASS_COUNT = 1000
+CHECK_THREADS = 8
+
+
+@dataclass(frozen=True)
+class ImageFolderScan:
+    """Every image file of a folder tree, with labels (index into ``classnames``)."""
+
+    root: Path
+    folders: list[str]
+    classnames: list[str]
+    paths: list[Path]
+    labels: np.ndarray
+
+
+def read_classnames_file(path: str | Path) -> list[str]:
+    """Class names, one per non-blank line, surrounding whitespace stripped."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"classnames file does not exist: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def folder_classnames(root: Path, folders: list[str], classnames_file: str | None) -> list[str]:
+    """Class names for the class folders (see the module docstring for the order of sources)."""
+    if classnames_file is not None:
+        names = read_classnames_file(classnames_file)
+        if len(names) != len(folders):
+            raise DataError(
+                f"classnames file {classnames_file} has {len(names)} names but {root} has "
+                f"{len(folders)} class folders"
+            )
+        return names
+    if len(folders) == IMAGENET_CLASS_COUNT and all(WNID.fullmatch(f) for f in folders):
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)  # open_clip's order is the sorted-wnid order
+    return list(folders)
+
+
+def scan_image_folder(root: str | Path, *, classnames_file: str | None = None) -> ImageFolderScan:
+    """List the class folders and their image files (by extension); nothing is decoded."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset path does not exist: {root}")
+    if not root.is_dir():
+        raise DataError(f"dataset path is not a folder: {root}")
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not folders:
+        raise DataError(f"no class folders in {root}")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, folder in enumerate(folders):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root / folder, followlinks=True):
+            dirnames.sort()
+            files += [
+                Path(dirpath) / name
+                for name in sorted(filenames)
+                if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+            ]
+        if not files:
+            raise DataError(f"empty class folder: {root / folder}")
+        paths += files
+        labels += [label] * len(files)
+    classnames = folder_classnames(root, folders, classnames_file)
+    return ImageFolderScan(root, folders, classnames, paths, np.asarray(labels, dtype=np.int64))
+
+
+def find_unreadable(paths: Sequence[Path], *, full_decode: bool) -> list[tuple[Path, str]]:
+    """``(path, reason)`` of each unreadable image, in order (threads: the work is file I/O)."""
+
+    def check(path: Path) -> str | None:
+        return image_problem(path, full_decode=full_decode)
+
+    if len(paths) <= 64:
+        problems = [check(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(CHECK_THREADS) as pool:
+            problems = list(pool.map(check, paths, chunksize=64))
+    return [(p, why) for p, why in zip(paths, problems) if why is not None]
+
+
+def open_image_folder(
+    spec: DatasetSpec,
+    transform: Callable | None,
+    *,
+    id_classnames: Sequence[str] | None = None,
+) -> FileImageDataset:
+    """The images of ``spec`` (an ``imagefolder:`` spec), selected and checked."""
+    scan = scan_image_folder(spec.location, classnames_file=spec.classnames_file)
+    indices, labels, classnames = select_samples(
+        spec, scan.labels, scan.classnames, id_classnames=id_classnames, aliases=scan.folders
+    )
+    paths = [scan.paths[i] for i in indices]
+    unreadable = find_unreadable(paths, full_decode=spec.skip_corrupt)
+    if unreadable and not spec.skip_corrupt:
+        path, why = unreadable[0]
+        raise DataError(f"cannot read image {path}: {why}")
+    bad = {p for p, _ in unreadable}
+    keep = [k for k, p in enumerate(paths) if p not in bad]
+    if not keep:
+        raise DataError(f"{spec}: every selected image is unreadable")
+    return FileImageDataset(
+        [paths[k] for k in keep],
+        labels[keep],
+        classnames,
+        transform,
+        skipped=[str(p) for p, _ in unreadable],
+    )
