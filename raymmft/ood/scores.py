@@ -1,0 +1,228 @@
+"""Post-hoc OoD scores (METHOD.md §3). Higher means more in-distribution.
+
+Each score is a pure function of tensors. The registry ``SCORES`` gives every score one call form,
+
+    SCORES[name](image_features, id_text_features, neg_text_features, **params) -> [N] scores
+
+so the evaluator can compute any score by name (as OpenOOD's postprocessors are looked up). For the
+logit-based scores on CLIP, ``logits = f @ T^T / temperature`` with ``f`` and ``T`` L2-normalised.
+Scores are computed in float32 (float64 if the inputs are float64) and returned on the input device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from raymmft.errors import ConfigError
+
+DEFAULT_TEMPERATURE = 0.01
+DEFAULT_BATCH_SIZE = 1024
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _check_2d(name: str, t: Tensor) -> None:
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _normalise(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return F.normalize(t.to(dtype), dim=-1)
+
+
+def msp_score(logits: Tensor) -> Tensor:
+    """Maximum softmax probability (Hendrycks & Gimpel): ``max_c softmax(logits)_c``."""
+    return torch.softmax(logits.to(_compute_dtype(logits)), dim=-1).amax(dim=-1)
+
+
+def max_logit_score(logits: Tensor) -> Tensor:
+    """Maximum logit (Hendrycks et al., 2022): ``max_c logits_c``."""
+    return logits.to(_compute_dtype(logits)).amax(dim=-1)
+
+
+def energy_score(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Negative free energy (Liu et al., 2020): ``T * logsumexp_c(logits_c / T)``."""
+    _check_temperature(temperature)
+    logits = logits.to(_compute_dtype(logits))
+    return temperature * torch.logsumexp(logits / temperature, dim=-1)
+
+
+def clip_logits(
+    image_features: Tensor, id_text_features: Tensor, temperature: float = DEFAULT_TEMPERATURE
+) -> Tensor:
+    """CLIP logits ``f @ T^T / t`` of L2-normalised image and class-text features, ``[N, C]``."""
+    _check_2d("image_features", image_features)
+    _check_2d("id_text_features", id_text_features)
+    _check_temperature(temperature)
+    dtype = _compute_dtype(image_features, id_text_features)
+    f, t = _normalise(image_features, dtype), _normalise(id_text_features, dtype)
+    return f @ t.T.to(f.device) / temperature
+
+
+def mcm_score(
+    image_features: Tensor, id_text_features: Tensor, temperature: float = DEFAULT_TEMPERATURE
+) -> Tensor:
+    """Maximum concept matching (Ming et al., 2022): ``max_c softmax_c(f . T_c / t)``."""
+    return msp_score(clip_logits(image_features, id_text_features, temperature))
+
+
+def neglabel_score(
+    image_features: Tensor,
+    id_text_features: Tensor,
+    neg_text_features: Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    ngroups: int = 1,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Tensor:
+    """NegLabel score (Jiang et al., ICLR 2024) with grouping.
+
+    For one group of negatives ``N_1..N_M``::
+
+        S(f) = sum_k exp(f.T_k/t) / (sum_k exp(f.T_k/t) + sum_m exp(f.N_m/t))
+             = sigmoid(logsumexp_k(f.T_k/t) - logsumexp_m(f.N_m/t))
+
+    (the second form is what is computed: stable in log space). Grouping: the negatives are shuffled
+    with ``torch.Generator().manual_seed(seed)``, split into ``ngroups`` groups of ``M // ngroups``
+    (the remainder is dropped), and the score is the mean of the ``ngroups`` group scores. With
+    ``ngroups=1`` no shuffle is needed and all negatives are used. Images are processed
+    ``batch_size`` at a time, so memory holds one ``[batch_size, M]`` similarity matrix.
+    """
+    _check_2d("neg_text_features", neg_text_features)
+    num_neg = neg_text_features.shape[0]
+    if not isinstance(ngroups, int) or ngroups < 1:
+        raise ValueError(f"ngroups must be a positive integer, got {ngroups!r}")
+    if num_neg < ngroups:
+        raise ValueError(
+            f"neglabel needs at least ngroups={ngroups} negative labels, got {num_neg}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_2d("image_features", image_features)
+    _check_2d("id_text_features", id_text_features)
+    _check_temperature(temperature)
+    dtype = _compute_dtype(image_features, id_text_features, neg_text_features)
+    device = image_features.device
+    pos = _normalise(id_text_features, dtype).to(device)
+    neg = _normalise(neg_text_features, dtype).to(device)
+    group_size = num_neg // ngroups
+    if ngroups > 1:
+        perm = torch.randperm(num_neg, generator=torch.Generator().manual_seed(seed))
+        neg = neg[perm[: ngroups * group_size].to(device)]
+    out = []
+    for start in range(0, image_features.shape[0], batch_size):
+        f = _normalise(image_features[start : start + batch_size], dtype)
+        lse_pos = torch.logsumexp(f @ pos.T / temperature, dim=-1)  # [b]
+        sims_neg = (f @ neg.T / temperature).view(f.shape[0], ngroups, group_size)
+        lse_neg = torch.logsumexp(sims_neg, dim=-1)  # [b, g]
+        out.append(torch.sigmoid(lse_pos[:, None] - lse_neg).mean(dim=-1))
+    if not out:
+        return torch.empty(0, dtype=dtype, device=device)
+    return torch.cat(out)
+
+
+# --- registry --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OodScore:
+    """A registered OoD score: a name, its uniform-form function and the parameters it accepts."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    params: tuple[str, ...]
+    needs_negatives: bool = False
+    description: str = field(default="", compare=False)
+
+    def __call__(
+        self,
+        image_features: Tensor,
+        id_text_features: Tensor,
+        neg_text_features: Tensor | None = None,
+        **params: object,
+    ) -> Tensor:
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter '{unknown[0]}' for OoD score '{self.name}' "
+                f"(known: {', '.join(sorted(self.params))})"
+            )
+        if self.needs_negatives and neg_text_features is None:
+            raise ConfigError(f"OoD score '{self.name}' needs negative text features")
+        return self.fn(image_features, id_text_features, neg_text_features, **params)
+
+    def call_with(
+        self,
+        image_features: Tensor,
+        id_text_features: Tensor,
+        neg_text_features: Tensor | None,
+        params: Mapping[str, object],
+    ) -> Tensor:
+        """Call with only the entries of ``params`` this score accepts (shared parameter dicts)."""
+        own = {k: v for k, v in params.items() if k in self.params}
+        return self(image_features, id_text_features, neg_text_features, **own)
+
+
+def _msp(f, t, _neg, temperature=DEFAULT_TEMPERATURE):
+    return msp_score(clip_logits(f, t, temperature))
+
+
+def _max_logit(f, t, _neg, temperature=DEFAULT_TEMPERATURE):
+    return max_logit_score(clip_logits(f, t, temperature))
+
+
+def _energy(f, t, _neg, temperature=DEFAULT_TEMPERATURE, energy_temperature=1.0):
+    return energy_score(clip_logits(f, t, temperature), energy_temperature)
+
+
+def _mcm(f, t, _neg, temperature=DEFAULT_TEMPERATURE):
+    return mcm_score(f, t, temperature)
+
+
+def _neglabel(f, t, neg, temperature=DEFAULT_TEMPERATURE, ngroups=1, seed=0, batch_size=None):
+    return neglabel_score(f, t, neg, temperature, ngroups, seed, batch_size or DEFAULT_BATCH_SIZE)
+
+
+SCORES: dict[str, OodScore] = {
+    s.name: s
+    for s in (
+        OodScore("msp", _msp, ("temperature",), description="max softmax of CLIP logits"),
+        OodScore("max_logit", _max_logit, ("temperature",), description="max CLIP logit"),
+        OodScore(
+            "energy",
+            _energy,
+            ("temperature", "energy_temperature"),
+            description="T*logsumexp(logits/T) of CLIP logits",
+        ),
+        OodScore("mcm", _mcm, ("temperature",), description="maximum concept matching"),
+        OodScore(
+            "neglabel",
+            _neglabel,
+            ("temperature", "ngroups", "seed", "batch_size"),
+            needs_negatives=True,
+            description="NegLabel with mined negative labels",
+        ),
+    )
+}
+
+
+def get_score(name: str) -> OodScore:
+    """The registered score called ``name``; an unknown name is a ``ConfigError``."""
+    try:
+        return SCORES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown OoD score '{name}' (known: {', '.join(sorted(SCORES))})"
+        ) from None
