@@ -16,6 +16,14 @@ from raymmft.errors import RaymmftError
 COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("raymmft.commands.search", "search lambda, tau, lr (or any field) with Ray Tune + Optuna"),
     "train": ("raymmft.commands.train", "one fine-tuning run at fixed values (Ray Train workers)"),
+    "evaluate": (
+        "raymmft.commands.evaluate",
+        "ID accuracy and OoD detection metrics of a model, zero-shot or from a checkpoint",
+    ),
+    "convert-parquet": (
+        "raymmft.commands.convert_parquet",
+        "convert an ImageFolder into Parquet shards for parquet: datasets",
+    ),
 }
 
 

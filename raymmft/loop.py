@@ -33,10 +33,11 @@ class Fault:
 
 
 def _dataset_name(spec, index: int, used: set[str]) -> str:
-    name = getattr(spec, "name", None) or spec.uri.split(":", 1)[-1].rstrip("/").split("/")[-1]
-    classes = getattr(spec, "classes", None)
-    if isinstance(classes, str):
-        name = f"{name}-{classes}"
+    name = spec.name
+    if not name:
+        name = spec.uri.split(":", 1)[-1].rstrip("/").split("/")[-1]
+        if isinstance(spec.classes, str):
+            name = f"{name}-{spec.classes}"
     name = name.replace(" ", "_") or f"set{index}"
     while name in used:
         name = f"{name}_{index}"
@@ -141,6 +142,7 @@ def run_training(
         metrics = {
             "epoch": tuner.epoch,
             "step": tuner.step,
+            "world_size": world_size,
             "train_loss": sums["loss"] / n,
             "train_contrastive": sums["contrastive"] / n,
             "train_regularizer": sums["regularizer"] / n,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -155,15 +156,19 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 # ---------------------------------------------------------------- one trial
 
 
-def make_trainer(cfg: Config, *, storage: str, name: str, callbacks=()) -> TorchTrainer:
+def make_trainer(
+    cfg: Config, *, storage: str, name: str, cache: str | None, callbacks=()
+) -> TorchTrainer:
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "cache_dir": cache_dir(storage)},
+        train_loop_config={"config": cfg.to_dict(), "cache_dir": cache},
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.resources.max_failures),
+            # The latest checkpoint resumes the run and is the one evaluated; keep one spare.
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
         ),
     )
@@ -182,6 +187,7 @@ def trial_driver(params: dict, *, base: dict, storage: str, experiment: str) -> 
         cfg,
         storage=f"{storage}/{experiment}/{TRAIN_RUNS_DIR}",
         name=trial_id,
+        cache=cache_dir(storage),
         callbacks=[TuneReportCallback()],
     )
     trainer.fit()
@@ -195,12 +201,16 @@ def resolve_storage(path: str) -> str:
 
 
 def init_ray(address: str | None) -> None:
+    """Join ``address`` (or ``$RAY_ADDRESS``, as set inside ``ray job submit``), else start Ray here."""
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=False, configure_logging=False)
+        # A fresh local instance, never a `ray start` cluster that happens to run on this machine.
+        # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+        ray.init(address="local")
 
 
 def run_search(cfg: Config, *, address: str | None = None, resume: bool = False):
@@ -260,7 +270,9 @@ def run_train(cfg: Config, *, address: str | None = None, resume: bool = False):
     if "://" not in storage:
         exp_dir.mkdir(parents=True, exist_ok=True)
         (exp_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-    return make_trainer(cfg, storage=storage, name=cfg.storage.name).fit()
+    return make_trainer(
+        cfg, storage=storage, name=cfg.storage.name, cache=cache_dir(storage)
+    ).fit()
 
 
 def evaluate_remote(cfg: Config, checkpoint_path: str, *, on: str = "test"):

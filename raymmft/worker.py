@@ -7,6 +7,7 @@ evaluation with rank 0's checkpoint, written atomically into a fresh directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -55,6 +56,9 @@ def _report(metrics: dict, state: dict | None) -> None:
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
+    # open_clip logs every model build at INFO, and Ray Train logs every report's full metric dict.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
