@@ -14,8 +14,15 @@ from raymmft.errors import RaymmftError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "search": ("raymmft.commands.search", "search lambda, tau, lr (or any field) with Ray Tune + Optuna"),
+    "search": (
+        "raymmft.commands.search",
+        "search lambda, tau, lr (or any field) with Ray Tune + Optuna",
+    ),
     "train": ("raymmft.commands.train", "one fine-tuning run at fixed values (Ray Train workers)"),
+    "report": (
+        "raymmft.commands.report",
+        "trials.parquet, Pareto table and plots of a search (running or finished)",
+    ),
     "evaluate": (
         "raymmft.commands.evaluate",
         "ID accuracy and OoD detection metrics of a model, zero-shot or from a checkpoint",

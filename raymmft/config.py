@@ -143,6 +143,9 @@ class SearchConfig(_Section):
         "model.temperature": {"uniform": [0.01, 0.1]},
         "train.lr": {"loguniform": [1e-4, 3e-3]},
     }
+    initial_points: list[dict[str, Any]] = Field(
+        [], description="configurations tried first, e.g. the paper's defaults: {train.lam: 0.001, ...}"
+    )
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     scheduler: Literal["asha", "fifo"] = "asha"
     objectives: list[Objective] = [Objective(metric="id_acc"), Objective(metric="ood_auroc")]
@@ -165,6 +168,17 @@ class SearchConfig(_Section):
             _check_distribution(key, spec)
         return space
 
+    @model_validator(mode="after")
+    def _points_cover_space(self):
+        searched = {k for k, v in self.space.items() if isinstance(v, dict)}
+        for i, point in enumerate(self.initial_points):
+            if set(point) != searched:
+                raise ValueError(
+                    f"initial_points[{i}] must give exactly the searched fields "
+                    f"{sorted(searched)}, got {sorted(point)}"
+                )
+        return self
+
     @field_validator("objectives")
     @classmethod
     def _some_objective(cls, v):
@@ -183,6 +197,9 @@ class ResourcesConfig(_Section):
 
 class StorageConfig(_Section):
     path: str = "./raymmft_results"
+    shared: bool = Field(
+        False, description="a local path that is the same shared filesystem (NFS) on every node"
+    )
     name: str | None = Field(None, description="experiment name; default: from the config file")
 
 
@@ -318,6 +335,25 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     cfg = validate_config(raw, str(path))
     if cfg.storage.name is None:
         cfg.storage.name = path.stem
+    return cfg
+
+
+EXPERIMENT_CONFIG_FILE = "raymmft_config.json"
+
+
+def load_experiment_config(experiment: str | Path) -> Config:
+    """The config saved in an experiment directory, with its storage pointing at that directory."""
+    import json
+
+    exp = Path(experiment).expanduser().resolve()
+    path = exp / EXPERIMENT_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"cannot resume {experiment}: no {EXPERIMENT_CONFIG_FILE} there (not a raymmft experiment)"
+        )
+    cfg = validate_config(json.loads(path.read_text()), str(path))
+    cfg.storage.path = str(exp.parent)
+    cfg.storage.name = exp.name
     return cfg
 
 

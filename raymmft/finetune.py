@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from raymmft.config import TrainConfig
+from raymmft.errors import ModelError
 from raymmft.losses import CMALoss
 from raymmft.model import clamp_logit_scale
 
@@ -160,7 +161,12 @@ class FineTuner:
             },
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, *, arch: str) -> None:
+        if state.get("arch") != arch:
+            raise ModelError(
+                f"cannot resume: the checkpoint is for architecture '{state.get('arch')}', "
+                f"not '{arch}'"
+            )
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -195,10 +201,10 @@ def _numpy_state_from_tensors(t: dict):
 
 
 def _python_state_to_list(state) -> list[int]:
-    version, internal, gauss = state
-    return [version, *internal, -1 if gauss is None else 1]
+    version, internal, _gauss = state  # the cached gauss value is not kept
+    return [version, *internal]
 
 
 def _python_state_from_list(values: list[int]):
-    version, *internal, gauss_flag = values
-    return (version, tuple(internal), None if gauss_flag == -1 else None)
+    version, *internal = values
+    return (version, tuple(internal), None)

@@ -25,11 +25,26 @@ Report = Callable[[dict, dict | None], None]
 
 @dataclass
 class Fault:
-    """Test-only fault injection: make ``rank`` fail at global step ``step`` (see raymmft.faults)."""
+    """Test-only fault injection: ``rank`` fails at global step ``step`` (see raymmft.worker).
+
+    With a ``marker`` path the fault fires once: the file is created first, and exists on retry.
+    """
 
     rank: int
     step: int
     kind: str = "exit"
+    marker: str | None = None
+
+    def fires(self, rank: int, step: int) -> bool:
+        if rank != self.rank or step != self.step:
+            return False
+        if self.marker is None:
+            return True
+        try:
+            with open(self.marker, "x"):
+                return True
+        except FileExistsError:
+            return False
 
 
 def _dataset_name(spec, index: int, used: set[str]) -> str:
@@ -61,6 +76,7 @@ def run_training(
     resume_state: dict | None = None,
     fault: Fault | None = None,
     cache_dir: str | None = None,
+    tensorboard_dir: str | None = None,
 ) -> None:
     """Fine-tune with the CMA loss and report metrics after every evaluation."""
     device = device or torch.device("cpu")
@@ -97,7 +113,15 @@ def run_training(
     n_steps = steps_per_epoch(len(loader), cfg.train)
     tokens = tokenize_class_prompts(bundle.tokenizer, classnames, cfg.train.template)
 
-    evaluator = None
+    evaluator = writer = None
+    if rank == 0 and tensorboard_dir:
+        from raymmft.tensorboard_log import TrialWriter, hparams_of
+
+        writer = TrialWriter(
+            tensorboard_dir,
+            hparams_of(cfg.model_dump(mode="json"), list(cfg.search.space)),
+            ood_sets=ood_set_names(cfg.data.ood_val),
+        )
     if rank == 0:
         evaluator = Evaluator(
             cfg,
@@ -121,7 +145,7 @@ def run_training(
         world_size=world_size,
     )
     if resume_state is not None:
-        tuner.load_state_dict(resume_state)
+        tuner.load_state_dict(resume_state, arch=cfg.model.arch)
 
     while tuner.epoch < cfg.train.epochs:
         if hasattr(loader.sampler, "set_epoch"):
@@ -131,7 +155,7 @@ def run_training(
         for i, (images, labels) in enumerate(loader):
             if i >= n_steps:
                 break
-            if fault is not None and fault.rank == rank and tuner.step == fault.step:
+            if fault is not None and fault.fires(rank, tuner.step):
                 _inject(fault, images)
             result = tuner.train_step(images, labels)
             for k in sums:
@@ -152,9 +176,17 @@ def run_training(
         }
         last = tuner.epoch == cfg.train.epochs
         if last or tuner.epoch % cfg.eval.every_n_epochs == 0:
+            evaluation = None
             if evaluator is not None:
-                metrics.update(evaluator(unwrap(model)))
+                evaluation = evaluator.evaluate(unwrap(model))
+                metrics.update(evaluator.metrics(evaluation))
+            if writer is not None:
+                # Before the report: a scheduler may stop the trial right after it.
+                writer.log_train(tuner.step, metrics)
+                writer.log_eval(tuner.step, metrics, evaluation)
             report(metrics, tuner.state_dict(cfg.model.arch) if rank == 0 else None)
+    if writer is not None:
+        writer.close(metrics)
 
 
 def _inject(fault: Fault, images: torch.Tensor) -> None:
@@ -221,8 +253,8 @@ class Evaluator:
             cache_dir=self.cache_dir,
         )
 
-    def __call__(self, model: torch.nn.Module) -> dict:
+    def metrics(self, evaluation) -> dict:
         """Flat metrics for reporting, with the search's scalar ``score``."""
-        metrics = self.evaluate(model).flat_metrics()
+        metrics = evaluation.flat_metrics()
         metrics["score"] = metrics["ood_auroc"] + self.cfg.search.score_weight * metrics["id_acc"]
         return metrics

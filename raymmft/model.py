@@ -25,6 +25,11 @@ from raymmft.errors import ModelError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "assets" / "model_configs"
 BUILTIN_ARCHS = tuple(sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json")))
+# Pretrained weights shipped inside the package: {(arch, tag): file}. They load offline.
+PRETRAINED_DIR = Path(__file__).parent / "assets" / "pretrained"
+BUILTIN_PRETRAINED: dict[tuple[str, str], Path] = {
+    (p.stem, p.stem): p for p in sorted(PRETRAINED_DIR.glob("*.pt"))
+}
 
 Precision = Literal["fp32", "bf16", "fp16"]
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
@@ -68,6 +73,8 @@ def _resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
     """Check a pretrained value before open_clip sees it; return what open_clip should load."""
     if pretrained is None or pretrained in ("", "none"):
         return None
+    if (arch, pretrained) in BUILTIN_PRETRAINED:
+        return str(BUILTIN_PRETRAINED[(arch, pretrained)])
     looks_like_path = os.sep in pretrained or Path(pretrained).suffix in (
         ".pt",
         ".pth",
@@ -79,7 +86,9 @@ def _resolve_pretrained(arch: str, pretrained: str | None) -> str | None:
         return pretrained
     if looks_like_path:
         raise ModelError(f"pretrained weights file not found: {pretrained}")
-    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tags = open_clip.list_pretrained_tags_by_model(arch) + [
+        tag for (a, tag) in BUILTIN_PRETRAINED if a == arch
+    ]
     if pretrained not in tags:
         known = ", ".join(tags) if tags else "none"
         raise ModelError(
@@ -106,6 +115,17 @@ def set_temperature(model: torch.nn.Module, temperature: float, *, learnable: bo
         model.register_buffer("logit_scale", value)
 
 
+def check_model_spec(arch: str, pretrained: str | None) -> str | None:
+    """Check an architecture name and a pretrained value without building anything; return what
+    open_clip should load (None, a tag, or a file path)."""
+    if arch not in open_clip.list_models():
+        raise ModelError(
+            f"unknown architecture '{arch}' (built-in: {', '.join(BUILTIN_ARCHS)}; "
+            f"or any open_clip name, see open_clip.list_models())"
+        )
+    return _resolve_pretrained(arch, pretrained)
+
+
 def build_model(
     arch: str,
     pretrained: str | None = None,
@@ -121,16 +141,11 @@ def build_model(
     architecture's or checkpoint's value. ``precision`` selects the autocast dtype used for training
     and evaluation; weights stay in float32 so that mixed-precision updates are exact.
     """
-    if arch not in open_clip.list_models():
-        raise ModelError(
-            f"unknown architecture '{arch}' (built-in: {', '.join(BUILTIN_ARCHS)}; "
-            f"or any open_clip name, see open_clip.list_models())"
-        )
+    weights = check_model_spec(arch, pretrained)
     if precision not in AUTOCAST_DTYPES:
         raise ModelError(f"unknown precision '{precision}' (known: fp32, bf16, fp16)")
     if temperature is not None and not temperature > 0:
         raise ModelError(f"temperature must be > 0, got {temperature}")
-    weights = _resolve_pretrained(arch, pretrained)
     try:
         model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
             arch, pretrained=weights, device=device, pretrained_text=False

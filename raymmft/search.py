@@ -17,16 +17,18 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from raymmft.config import EXPERIMENT_CONFIG_FILE as CONFIG_FILE
 from raymmft.config import Config, apply_trial_params
 from raymmft.errors import ConfigError
 from raymmft.worker import train_fn_per_worker
 
 TRAIN_RUNS_DIR = "train_runs"
-CONFIG_FILE = "raymmft_config.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 # ---------------------------------------------------------------- search space
@@ -87,7 +89,11 @@ def make_searcher(cfg: Config):
     modes = [o.mode for o in s.objectives]
     if len(metrics) == 1:
         metrics, modes = metrics[0], modes[0]
-    return OptunaSearch(metric=metrics, mode=modes, sampler=samplers[s.sampler]())
+    # Optuna names a nested Tune parameter "train/lam".
+    points = [{k.replace(".", "/"): v for k, v in p.items()} for p in s.initial_points]
+    return OptunaSearch(
+        metric=metrics, mode=modes, sampler=samplers[s.sampler](), points_to_evaluate=points
+    )
 
 
 def make_scheduler(cfg: Config):
@@ -157,11 +163,21 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 
 
 def make_trainer(
-    cfg: Config, *, storage: str, name: str, cache: str | None, callbacks=()
+    cfg: Config,
+    *,
+    storage: str,
+    name: str,
+    cache: str | None,
+    tensorboard_dir: str | None = None,
+    callbacks=(),
 ) -> TorchTrainer:
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "cache_dir": cache},
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "cache_dir": cache,
+            "tensorboard_dir": tensorboard_dir,
+        },
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
@@ -188,9 +204,30 @@ def trial_driver(params: dict, *, base: dict, storage: str, experiment: str) -> 
         storage=f"{storage}/{experiment}/{TRAIN_RUNS_DIR}",
         name=trial_id,
         cache=cache_dir(storage),
+        tensorboard_dir=f"{storage}/{experiment}/{TENSORBOARD_DIR}/{trial_id}",
         callbacks=[TuneReportCallback()],
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except WorkerGroupError as exc:
+        # Tune records this one-line reason as the trial's error; the searcher is told it failed.
+        raise TrialFailedError(failure_reason(exc)) from None
+
+
+class TrialFailedError(RuntimeError):
+    """A trial's training failed for good (after Ray Train's retries); the message says why."""
+
+
+def failure_reason(exc: WorkerGroupError) -> str:
+    """The first failed worker's exception as ``rank r: Type: message`` (e.g. a non-finite loss)."""
+    for rank, err in sorted(exc.worker_failures.items()):
+        lines = str(err).strip().splitlines()
+        if len(lines) > 1:  # a remote traceback: its last "...Error: ..." line
+            detail = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1]).strip()
+        else:
+            detail = f"{type(err).__name__}: {lines[0] if lines else ''}"
+        return f"worker rank {rank}: {detail}"
+    return str(exc).splitlines()[0]
 
 
 # ---------------------------------------------------------------- the search
@@ -200,8 +237,21 @@ def resolve_storage(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
+def local_resources() -> dict[str, float]:
+    """What a Ray instance started on this machine will offer (checked before starting it)."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def joins_cluster(address: str | None) -> bool:
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
 def init_ray(address: str | None) -> None:
     """Join ``address`` (or ``$RAY_ADDRESS``, as set inside ``ray job submit``), else start Ray here."""
+    # Only the loggers passed to tune.RunConfig (JSON, CSV); see run_search.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -213,18 +263,60 @@ def init_ray(address: str | None) -> None:
         ray.init(address="local")
 
 
-def run_search(cfg: Config, *, address: str | None = None, resume: bool = False):
-    """Run (or resume) the search; return Ray's ``ResultGrid``."""
+def experiment_dir(cfg: Config) -> Path:
+    return Path(resolve_storage(cfg.storage.path)) / cfg.storage.name
+
+
+def check_experiment_dir(storage: str, name: str, *, resume: bool) -> Path:
+    """A new experiment never overwrites an old one; a resumed one must exist."""
+    exp_dir = Path(storage) / name
+    if "://" not in storage:
+        if exp_dir.exists() and not resume:
+            raise ConfigError(
+                f"experiment '{name}' already exists in {storage}; "
+                f"use --resume {exp_dir} to continue it or --name to start another"
+            )
+        if resume and not exp_dir.is_dir():
+            raise ConfigError(f"cannot resume {exp_dir}: no such experiment directory")
+    return exp_dir
+
+
+def prepare_run(
+    cfg: Config, *, address: str | None, resume: bool, preflight: bool
+) -> tuple[str, Path, int]:
+    """Every check that can fail before a trial starts, then Ray: (storage, experiment dir,
+    trials that fit at once)."""
+    from raymmft.cluster import check_storage, cluster_summary
+
     storage = resolve_storage(cfg.storage.path)
-    experiment = cfg.storage.name
-    exp_dir = Path(storage) / experiment
-    if "://" not in storage and exp_dir.exists() and not resume:
-        raise ConfigError(
-            f"experiment '{experiment}' already exists in {storage}; "
-            f"use --resume to continue it or --name to start another"
-        )
+    exp_dir = check_experiment_dir(storage, cfg.storage.name, resume=resume)
+    if preflight:
+        from raymmft.preflight import preflight as check_inputs
+
+        check_inputs(cfg)
+    if not joins_cluster(address):  # checked before Ray starts here
+        concurrent_trials(cfg, local_resources())
+        check_storage(storage, num_nodes=1, shared=cfg.storage.shared)
     init_ray(address)
-    max_concurrent = concurrent_trials(cfg, ray.cluster_resources())
+    cluster = cluster_summary(ray)
+    print(f"cluster: {cluster}")
+    if joins_cluster(address):
+        check_storage(storage, num_nodes=cluster.reachable_nodes, shared=cfg.storage.shared)
+    fits = concurrent_trials(cfg, cluster.reachable_resources(ray.cluster_resources()))
+    if not resume and "://" not in storage:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    return storage, exp_dir, fits
+
+
+def run_search(
+    cfg: Config, *, address: str | None = None, resume: bool = False, preflight: bool = True
+):
+    """Run (or resume) the search; return Ray's ``ResultGrid``."""
+    storage, exp_dir, max_concurrent = prepare_run(
+        cfg, address=address, resume=resume, preflight=preflight
+    )
+    experiment = cfg.storage.name
     trainable = tune.with_resources(
         tune.with_parameters(
             trial_driver, base=cfg.to_dict(), storage=storage, experiment=experiment
@@ -236,9 +328,6 @@ def run_search(cfg: Config, *, address: str | None = None, resume: bool = False)
             str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=False
         )
     else:
-        if "://" not in storage:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            (exp_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(cfg),
@@ -248,7 +337,14 @@ def run_search(cfg: Config, *, address: str | None = None, resume: bool = False)
                 num_samples=cfg.search.num_samples,
                 max_concurrent_trials=max_concurrent,
             ),
-            run_config=tune.RunConfig(name=experiment, storage_path=storage, verbose=1),
+            run_config=tune.RunConfig(
+                name=experiment,
+                storage_path=storage,
+                verbose=1,
+                # Tune's own TensorBoard logger would write a second HParams entry per trial that
+                # TensorBoard may pick over the trial's own (tensorboard/<trial_id>); keep JSON/CSV.
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+            ),
         )
     return tuner.fit()
 
@@ -256,22 +352,17 @@ def run_search(cfg: Config, *, address: str | None = None, resume: bool = False)
 # ---------------------------------------------------------------- one run, no search
 
 
-def run_train(cfg: Config, *, address: str | None = None, resume: bool = False):
+def run_train(
+    cfg: Config, *, address: str | None = None, resume: bool = False, preflight: bool = True
+):
     """One fine-tuning run at the config's fixed values; returns Ray Train's ``Result``."""
-    storage = resolve_storage(cfg.storage.path)
-    exp_dir = Path(storage) / cfg.storage.name
-    if "://" not in storage and exp_dir.exists() and not resume:
-        raise ConfigError(
-            f"run '{cfg.storage.name}' already exists in {storage}; "
-            f"use --resume to continue it or --name to start another"
-        )
-    init_ray(address)
-    concurrent_trials(cfg, ray.cluster_resources())  # fails fast if it can never be scheduled
-    if "://" not in storage:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    storage, _, _ = prepare_run(cfg, address=address, resume=resume, preflight=preflight)
     return make_trainer(
-        cfg, storage=storage, name=cfg.storage.name, cache=cache_dir(storage)
+        cfg,
+        storage=storage,
+        name=cfg.storage.name,
+        cache=cache_dir(storage),
+        tensorboard_dir=f"{storage}/{cfg.storage.name}/{TENSORBOARD_DIR}/run",
     ).fit()
 
 
@@ -285,3 +376,18 @@ def evaluate_remote(cfg: Config, checkpoint_path: str, *, on: str = "test"):
     )(evaluate_checkpoint)
     storage = resolve_storage(cfg.storage.path)
     return ray.get(task.remote(cfg, checkpoint_path, on=on, cache_dir=cache_dir(storage)))
+
+
+def unfinished_trials(exp_dir: Path) -> list[str]:
+    """Trial ids that neither terminated nor errored, from Tune's newest experiment state
+    (after Ctrl-C or a crash these continue on ``--resume``)."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    data = json.loads(states[-1].read_text())
+    out = []
+    for trial_json, _runtime in data.get("trial_data", []):
+        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+        if trial.get("status") not in ("TERMINATED", "ERROR"):
+            out.append(trial.get("trial_id"))
+    return out

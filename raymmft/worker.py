@@ -20,8 +20,11 @@ from raymmft.config import Config
 from raymmft.loop import Fault, run_training
 
 CHECKPOINT_FILE = "state.pt"
-# Fault injection for tests: "RANK:STEP[:KIND]" makes that rank fail at that step, first attempt only.
+# Fault injection for tests: RAYMMFT_FAULT="RANK:STEP[:KIND]" makes that rank fail at that global
+# step (KIND "exit": the process dies; "nan": the batch becomes NaN). It fires once: the rank
+# creates the file RAYMMFT_FAULT_MARKER first, and an existing marker disarms it.
 FAULT_ENV = "RAYMMFT_FAULT"
+FAULT_MARKER_ENV = "RAYMMFT_FAULT_MARKER"
 
 
 def save_checkpoint(state: dict, directory: Path) -> Path:
@@ -38,12 +41,17 @@ def load_checkpoint(checkpoint: ray.train.Checkpoint) -> dict:
         return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def _fault(attempt_has_checkpoint: bool) -> Fault | None:
+def _fault() -> Fault | None:
     spec = os.environ.get(FAULT_ENV)
-    if not spec or attempt_has_checkpoint:
+    if not spec:
         return None
     rank, step, *kind = spec.split(":")
-    return Fault(rank=int(rank), step=int(step), kind=kind[0] if kind else "exit")
+    return Fault(
+        rank=int(rank),
+        step=int(step),
+        kind=kind[0] if kind else "exit",
+        marker=os.environ.get(FAULT_MARKER_ENV),
+    )
 
 
 def _report(metrics: dict, state: dict | None) -> None:
@@ -70,6 +78,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         wrap_model=ray.train.torch.prepare_model,
         report=_report,
         resume_state=load_checkpoint(checkpoint) if checkpoint else None,
-        fault=_fault(checkpoint is not None),
+        fault=_fault(),
         cache_dir=loop_config.get("cache_dir"),
+        tensorboard_dir=loop_config.get("tensorboard_dir"),
     )

@@ -112,6 +112,11 @@ BAD = {
         "data.id_train.uri: unknown dataset 'foo:bar'; expected builtin:shapes, builtin:digits, "
         "imagefolder:PATH or parquet:URI",
     ),
+    "initial_point_not_matching_space": (
+        lambda r: r["search"].update(initial_points=[{"train.lam": 0.01}]),
+        "search: initial_points[0] must give exactly the searched fields "
+        "['model.temperature', 'train.lam', 'train.lr'], got ['train.lam']",
+    ),
     "template_without_slot": (
         lambda r: r["train"].update(template="a photo"),
         "train.template: must contain exactly one '{}', got 'a photo'",

@@ -1,5 +1,6 @@
 """End to end through the CLI and real Ray: a search of 3 trials x 2 Train workers on the shapes
-world; every evaluation reports the metrics; Optuna saw every trial; ASHA stops a bad trial."""
+world; every evaluation reports the metrics; Optuna saw every trial; ASHA stops a weak trial; a
+diverging (NaN) trial fails with its reason while the others finish."""
 
 import json
 from pathlib import Path
@@ -14,31 +15,54 @@ pytestmark = pytest.mark.ray
 CONFIG = {
     "model": {"arch": "raymmft-tiny", "temperature": 0.05},
     "data": {
-        "id_train": {"uri": "builtin:shapes", "split": "train", "classes": "id", "per_class": 10},
+        "id_train": {"uri": "builtin:shapes", "split": "train", "classes": "id", "per_class": 20},
         "id_val": {"uri": "builtin:shapes", "split": "val", "classes": "id", "per_class": 4},
         "ood_val": [
-            {"uri": "builtin:shapes", "split": "val", "classes": "near_ood", "per_class": 1,
-             "name": "near"},
-            {"uri": "builtin:shapes", "split": "val", "classes": "far_ood", "per_class": 40,
-             "name": "far"},
+            {
+                "uri": "builtin:shapes",
+                "split": "val",
+                "classes": "near_ood",
+                "per_class": 1,
+                "name": "near",
+            },
+            {
+                "uri": "builtin:shapes",
+                "split": "val",
+                "classes": "far_ood",
+                "per_class": 40,
+                "name": "far",
+            },
         ],
         "ood_test": [
-            {"uri": "builtin:shapes", "split": "test", "classes": "far_ood", "per_class": 40,
-             "name": "far-test"},
+            {
+                "uri": "builtin:shapes",
+                "split": "test",
+                "classes": "far_ood",
+                "per_class": 40,
+                "name": "far-test",
+            },
         ],
     },
     "train": {"epochs": 3, "batch_size": 24, "augment": False, "warmup_steps": 2},
     "eval": {"scores": ["neglabel", "mcm"], "neglabel": {"corpus": "world"}},
     "search": {
-        # One learning rate learns, the other cannot move the random model: the bad trial falls
-        # below the good one's score at ASHA's first rung and is stopped (seed picked so a bad
-        # trial follows a good one).
-        "space": {"train.lr": {"choice": [3.0e-3, 1.0e-9]}, "train.lam": {"uniform": [0.0, 1.0]}},
-        "sampler": "random",
+        # lr 3e-3 learns; 1e-9 cannot move the random model, so that trial falls below the first
+        # one's score at ASHA's first rung and is stopped; 1e4 diverges to a NaN loss at step 2.
+        "space": {
+            "train.lr": {"choice": [3.0e-3, 1.0e-9, 1.0e4]},
+            "train.lam": {"uniform": [0.0, 1.0]},
+        },
+        "initial_points": [
+            {"train.lr": 3.0e-3, "train.lam": 0.01},
+            {"train.lr": 1.0e-9, "train.lam": 0.01},
+            {"train.lr": 1.0e4, "train.lam": 0.01},
+        ],
+        "sampler": "tpe",
         "scheduler": "asha",
-        "asha": {"metric": "score", "grace_period": 1, "reduction_factor": 2},
+        # A frozen random model stays at chance ID accuracy (1/12); the learning one is at ~0.27
+        # after its first epoch.
+        "asha": {"metric": "id_acc", "grace_period": 1, "reduction_factor": 2},
         "num_samples": 3,
-        "seed": 1,
     },
     "resources": {"num_workers": 2, "cpus_per_worker": 1},
 }
@@ -58,19 +82,28 @@ def search(tmp_path_factory):
     return code, root / "results" / "e2e"
 
 
-def _trials(exp_dir: Path):
-    from ray.tune import ExperimentAnalysis
+def _by_lr(exp_dir: Path) -> tuple[dict, dict]:
+    """Tune's own files per trial, keyed by the trial's learning rate: (results, error text)."""
+    import pandas as pd
 
-    analysis = ExperimentAnalysis(str(exp_dir))
-    return analysis, analysis.trial_dataframes
+    frames, errors = {}, {}
+    for trial in exp_dir.glob("trial_driver_*"):
+        lr = json.loads((trial / "params.json").read_text())["train"]["lr"]
+        result = trial / "result.json"
+        lines = result.read_text().splitlines() if result.exists() else []
+        frames[lr] = pd.DataFrame([json.loads(line) for line in lines])
+        error = trial / "error.txt"
+        errors[lr] = error.read_text() if error.exists() else None
+    return frames, errors
 
 
-def test_search_completes_and_reports_every_eval(search):
+def test_search_completes_and_reports_every_eval(search, capsys):
     code, exp_dir = search
     assert code == 0
-    analysis, frames = _trials(exp_dir)
-    assert len(frames) == 3
-    for df in frames.values():
+    by_lr, _ = _by_lr(exp_dir)
+    assert sorted(by_lr) == [1.0e-9, 3.0e-3, 1.0e4]
+    finished = [by_lr[3.0e-3], by_lr[1.0e-9]]
+    for df in finished:
         assert len(df) >= 1
         for metric in ("id_acc", "ood_auroc", "ood_fpr95", "modality_gap", "score"):
             assert df[metric].notna().all(), metric
@@ -82,23 +115,41 @@ def test_search_completes_and_reports_every_eval(search):
 
 def test_two_workers_per_trial(search):
     _, exp_dir = search
-    _, frames = _trials(exp_dir)
-    for df in frames.values():
-        assert (df["world_size"] == 2).all()
+    by_lr, _ = _by_lr(exp_dir)
+    for lr in (3.0e-3, 1.0e-9):
+        assert (by_lr[lr]["world_size"] == 2).all()
     runs = sorted(p for p in (exp_dir / "train_runs").iterdir() if not p.name.startswith("."))
     assert len(runs) == 3
     from raymmft.worker import CHECKPOINT_FILE
 
     for run in runs:
         ckpts = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
-        assert ckpts and all((c / CHECKPOINT_FILE).is_file() for c in ckpts)
+        assert all((c / CHECKPOINT_FILE).is_file() for c in ckpts)
+
+
+def test_nan_trial_failed_with_reason(search):
+    _, exp_dir = search
+    by_lr, errors = _by_lr(exp_dir)
+    assert errors[3.0e-3] is None and errors[1.0e-9] is None
+    assert (
+        "TrialFailedError: worker rank 0: FloatingPointError: non-finite loss nan at step 2"
+        in errors[1.0e4]
+    )
+    # It diverged at step 2, before its first evaluation: no (NaN) metric was ever reported.
+    assert "id_acc" not in by_lr[1.0e4]
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(exp_dir / "report" / "trials.parquet").to_pylist()
+    reasons = {row["param.train.lr"]: row["stop_reason"] for row in rows}
+    assert reasons == {3.0e-3: "completed", 1.0e-9: "early_stopped", 1.0e4: "error"}
 
 
 def test_asha_stopped_a_trial_and_optuna_saw_all(search):
     _, exp_dir = search
-    analysis, frames = _trials(exp_dir)
-    lengths = sorted(len(df) for df in frames.values())
-    assert lengths[0] < 3 and lengths[-1] == 3, lengths
+    by_lr, _ = _by_lr(exp_dir)
+    assert len(by_lr[3.0e-3]) == 3, "the first trial runs all its epochs"
+    assert len(by_lr[1.0e-9]) < 3, "ASHA stopped the weak trial early"
+    frames = {lr: by_lr[lr] for lr in (3.0e-3, 1.0e-9)}
 
     from ray.tune.search.optuna import OptunaSearch
 
@@ -106,7 +157,9 @@ def test_asha_stopped_a_trial_and_optuna_saw_all(search):
     searcher.restore_from_dir(str(exp_dir))
     study = searcher._ot_study
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 3
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(complete) == 2 and len(failed) == 1
+    assert failed[0].params["train/lr"] == 1.0e4
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
     finals = sorted(
         (round(df["id_acc"].iloc[-1], 6), round(df["ood_auroc"].iloc[-1], 6))

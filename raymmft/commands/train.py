@@ -12,16 +12,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymmft.config import load_config
+    from raymmft.commands.search import load_for_run
+
+    cfg = load_for_run(args)
     from raymmft.search import run_train
     from raymmft.summary import print_train_summary
 
-    overrides = list(args.overrides)
-    if args.name:
-        overrides.append(f"storage.name={args.name}")
-    if args.storage:
-        overrides.append(f"storage.path={args.storage}")
-    cfg = load_config(args.config, overrides)
-    result = run_train(cfg, address=args.address, resume=args.resume)
+    result = run_train(
+        cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight
+    )
     print_train_summary(cfg, result)
     return 0

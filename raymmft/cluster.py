@@ -1,0 +1,181 @@
+"""What a search needs from the cluster it runs on, checked before the first trial starts.
+
+- **Storage.** Every trial writes checkpoints and results from the node it runs on and Tune reads
+  them back on the head, so on a cluster of more than one node the storage must be shared: an
+  ``s3://`` / ``gs://`` URI, or an NFS mount at the same path on every node (``storage.shared``).
+  It is also written to once, up front, so a typo or a missing permission fails in seconds instead
+  of after the first epoch.
+- **Size.** An autoscaling cluster starts with its head only; what it can grow to (the autoscaler's
+  node types × their maximum counts) is what decides whether a trial fits and how many run at once.
+
+Pure functions of the paths and of a ``ray`` module passed in (imported lazily when omitted), so
+the checks are tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raymmft.errors import ConfigError
+
+MARKER_PREFIX = ".raymmft-write-check-"
+# Where Ray unpacks a job's --working-dir; gone when the Ray session ends.
+JOB_WORKING_DIR_MARK = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+# ---------------------------------------------------------------- storage
+
+
+def check_storage(path: str, *, num_nodes: int, shared: bool = False) -> None:
+    """Raise ``ConfigError`` unless every node of the cluster can write results to ``path``.
+
+    ``path`` is a URI (``s3://``, ``gs://``, any filesystem pyarrow resolves, as Ray Train does) or
+    a local path, already resolved by the caller. ``num_nodes`` counts the nodes the cluster has or
+    can grow to; ``shared`` says a local path is the same shared filesystem on every node.
+    """
+    if is_uri(path):
+        _check_uri_writable(path)
+        return
+    if JOB_WORKING_DIR_MARK in path:
+        raise ConfigError(
+            f"storage '{path}' is inside this job's temporary working directory, which Ray "
+            f"deletes after the job; give an absolute path or an s3:// / gs:// URI "
+            f"(--storage s3://bucket/raymmft)"
+        )
+    if num_nodes > 1 and not shared:
+        raise ConfigError(
+            f"storage '{path}' is a local path but this cluster has up to {num_nodes} nodes: each "
+            f"node would keep its trials' checkpoints and results on its own disk. Use shared storage: "
+            f"an s3:// or gs:// URI (--storage s3://bucket/raymmft), or an NFS mount present at "
+            f"the same path on every node, declared with --set storage.shared=true"
+        )
+    _check_local_writable(path)
+
+
+def _check_local_writable(path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=MARKER_PREFIX):
+            pass  # created and deleted on close
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"storage '{path}' is not writable ({reason}); give a directory you can write to "
+            f"with --storage or storage.path"
+        ) from None
+
+
+def _check_uri_writable(uri: str) -> None:
+    import pyarrow.fs
+
+    try:
+        fs, base = pyarrow.fs.FileSystem.from_uri(uri)
+        fs.create_dir(base, recursive=True)
+        marker = f"{base.rstrip('/')}/{MARKER_PREFIX}{uuid.uuid4().hex}"
+        with fs.open_output_stream(marker) as out:
+            out.write(b"raymmft")
+        fs.delete_file(marker)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"storage '{uri}' is not writable ({first_line}); check the URI and this "
+            f"node's credentials for it"
+        ) from None
+
+
+# ---------------------------------------------------------------- cluster size
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    """The cluster now (alive nodes, CPUs, GPUs) and, when it autoscales, at its largest."""
+
+    nodes: int
+    cpus: float
+    gpus: float
+    max_nodes: int | None = None  # None: not an autoscaling cluster
+    max_resources: dict[str, float] | None = None
+
+    @property
+    def reachable_nodes(self) -> int:
+        return max(self.nodes, self.max_nodes or 0)
+
+    def reachable_resources(self, current: dict[str, float]) -> dict[str, float]:
+        """Per resource, the larger of what the cluster has now and what it can grow to."""
+        out = dict(current)
+        for res, amount in (self.max_resources or {}).items():
+            out[res] = max(out.get(res, 0.0), float(amount))
+        return out
+
+    def __str__(self) -> str:
+        now = f"{self.nodes} node{'s' if self.nodes != 1 else ''}, {self.cpus:g} CPUs, {self.gpus:g} GPUs"
+        if self.max_nodes is None:
+            return now
+        grow = self.max_resources or {}
+        return (
+            f"{now} (autoscaling to {self.max_nodes} nodes, {grow.get('CPU', 0):g} CPUs, "
+            f"{grow.get('GPU', 0):g} GPUs)"
+        )
+
+
+def cluster_summary(ray: Any = None, *, autoscaler_config: Any = None) -> ClusterSummary:
+    """Nodes, CPUs and GPUs of the connected cluster (``ray.init`` already called).
+
+    ``autoscaler_config`` is the autoscaler's ``ClusterConfig`` (node groups with resources and
+    ``max_count``); by default it is read from the GCS the way Ray Train reads it to reject a
+    worker group that can never fit. ``None`` there means a fixed-size cluster.
+    """
+    if ray is None:
+        import ray
+    alive = [n for n in ray.nodes() if n.get("Alive", n.get("alive", False))]
+    total = ray.cluster_resources()
+    if autoscaler_config is None:
+        autoscaler_config = _autoscaler_config()
+    max_nodes, max_resources = _autoscaling_limits(autoscaler_config)
+    return ClusterSummary(
+        nodes=len(alive),
+        cpus=float(total.get("CPU", 0.0)),
+        gpus=float(total.get("GPU", 0.0)),
+        max_nodes=max_nodes,
+        max_resources=max_resources,
+    )
+
+
+def _autoscaler_config() -> Any:
+    try:
+        from ray._private.state import state
+
+        return state.get_cluster_config()
+    except Exception:  # a private API: a cluster without it is treated as fixed-size
+        return None
+
+
+def _autoscaling_limits(config: Any) -> tuple[int | None, dict[str, float] | None]:
+    """Largest node count and resources of an autoscaler ``ClusterConfig`` (``max_count`` -1: unbounded)."""
+    groups = list(getattr(config, "node_group_configs", None) or [])
+    if not groups:
+        return None, None
+    unbounded = float("inf")
+    nodes = 0.0
+    resources: dict[str, float] = {}
+    for group in groups:
+        count = unbounded if group.max_count == -1 else float(group.max_count)
+        nodes += count
+        for res, amount in dict(group.resources).items():
+            if amount:  # inf x 0 would be nan
+                resources[res] = resources.get(res, 0.0) + count * float(amount)
+    cap = dict(getattr(config, "max_resources", None) or {})
+    for res, limit in cap.items():
+        if res in resources:
+            resources[res] = min(resources[res], float(limit))
+    big = 1_000_000  # "unbounded", kept finite so floor division stays meaningful
+    return int(min(nodes, big)), {r: min(v, big) for r, v in resources.items()}

@@ -1,0 +1,139 @@
+"""The search layer's pure pieces, without starting Ray: search space → Tune/Optuna, resources →
+concurrent trials, failure reasons, interrupted-experiment detection."""
+
+import json
+from pathlib import Path
+
+import pytest
+from ray import tune
+from ray.train import WorkerGroupError
+
+from raymmft.config import load_config
+from raymmft.errors import ConfigError
+from raymmft.search import (
+    concurrent_trials,
+    failure_reason,
+    flatten_params,
+    make_scheduler,
+    make_searcher,
+    num_reports,
+    param_space,
+    unfinished_trials,
+)
+
+DEMO = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+
+
+def test_param_space_nests_dotted_keys_and_flattens_back():
+    cfg = load_config(DEMO, ["search.space={train.lam: {loguniform: [0.001, 1.0]}, train.seed: 3}"])
+    space = param_space(cfg)
+    assert isinstance(space["train"]["lam"], tune.search.sample.Float)
+    assert space["train"]["lam"].lower == 0.001 and space["train"]["lam"].upper == 1.0
+    assert space["train"]["seed"] == 3, "a fixed value stays fixed"
+    assert flatten_params({"train": {"lam": 0.5, "seed": 3}, "model": {"temperature": 0.02}}) == {
+        "train.lam": 0.5,
+        "train.seed": 3,
+        "model.temperature": 0.02,
+    }
+
+
+def test_searcher_is_seeded_and_multi_objective():
+    cfg = load_config(DEMO, ["search.sampler=random", "search.seed=7"])
+    draws = []
+    for _ in range(2):
+        searcher = make_searcher(cfg)
+        searcher.set_search_properties(None, None, param_space(cfg))
+        draws.append([searcher.suggest(f"t{i}")["train"]["lam"] for i in range(3)])
+    assert draws[0] == draws[1], "same seed, same trials"
+    assert len(set(draws[0])) == 3
+    assert searcher.metric == ["id_acc", "ood_auroc"] and searcher.mode == ["max", "max"]
+
+
+def test_initial_points_come_first():
+    cfg = load_config(
+        DEMO,
+        [
+            "search.space={train.lam: {loguniform: [0.001, 1.0]}, train.lr: {choice: [0.1, 0.2]}}",
+            "search.initial_points=[{train.lam: 0.5, train.lr: 0.2}, {train.lam: 0.01, train.lr: 0.1}]",
+        ],
+    )
+    searcher = make_searcher(cfg)
+    searcher.set_search_properties(None, None, param_space(cfg))
+    first = [searcher.suggest(f"t{i}")["train"] for i in range(3)]
+    assert first[:2] == [{"lam": 0.5, "lr": 0.2}, {"lam": 0.01, "lr": 0.1}]
+    assert first[2]["lr"] in (0.1, 0.2)
+
+
+def test_asha_rungs_follow_the_eval_period():
+    cfg = load_config(DEMO, ["train.epochs=7", "eval.every_n_epochs=2"])
+    assert num_reports(cfg) == 4  # epochs 2, 4, 6 and the last one, 7
+    asha = make_scheduler(cfg)
+    assert asha._max_t == 4 and asha._metric == "score" and asha._mode == "max"
+
+
+@pytest.mark.parametrize(
+    ("workers", "cpus", "gpu", "cluster", "samples", "expected"),
+    [
+        (1, 1, False, {"CPU": 2}, 6, 2),
+        (2, 1, False, {"CPU": 2}, 6, 1),
+        (2, 1, False, {"CPU": 16}, 3, 3),  # never more than num_samples
+        (2, 2, True, {"CPU": 64, "GPU": 8}, 16, 4),  # 8 GPUs / 2 per trial
+        (8, 8, True, {"CPU": 64, "GPU": 8}, 16, 1),
+    ],
+)
+def test_concurrent_trials(workers, cpus, gpu, cluster, samples, expected):
+    cfg = load_config(
+        DEMO,
+        [
+            f"resources.num_workers={workers}",
+            f"resources.cpus_per_worker={cpus}",
+            f"resources.use_gpu={str(gpu).lower()}",
+            f"search.num_samples={samples}",
+            "train.batch_size=64",
+        ],
+    )
+    assert concurrent_trials(cfg, cluster) == expected
+
+
+def test_trial_that_never_fits_is_an_error():
+    cfg = load_config(DEMO, ["resources.num_workers=4", "resources.use_gpu=true"])
+    with pytest.raises(ConfigError) as err:
+        concurrent_trials(cfg, {"CPU": 32, "GPU": 2})
+    assert str(err.value) == (
+        "a trial needs 4 GPU (resources.num_workers=4 x gpus_per_worker) but the cluster has 2; "
+        "lower resources.num_workers or resources.gpus_per_worker"
+    )
+
+
+def test_failure_reason_names_rank_and_exception():
+    err = WorkerGroupError(
+        "x", {1: FloatingPointError("non-finite loss nan at step 2 (contrastive nan)")}
+    )
+    assert failure_reason(err) == (
+        "worker rank 1: FloatingPointError: non-finite loss nan at step 2 (contrastive nan)"
+    )
+    remote = WorkerGroupError("x", {0: RuntimeError("Traceback ...\n  File x\nKeyError: 'lr'")})
+    assert failure_reason(remote) == "worker rank 0: KeyError: 'lr'"
+
+
+def test_unfinished_trials_from_experiment_state(tmp_path):
+    def trial(tid, status):
+        return [json.dumps({"trial_id": tid, "status": status}), "{}"]
+
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": [trial("a", "TERMINATED")]})
+    )
+    (tmp_path / "experiment_state-2026-01-01_00-00-09.json").write_text(
+        json.dumps(
+            {
+                "trial_data": [
+                    trial("a", "TERMINATED"),
+                    trial("b", "RUNNING"),
+                    trial("c", "ERROR"),
+                    trial("d", "PENDING"),
+                ]
+            }
+        )
+    )
+    assert unfinished_trials(tmp_path) == ["b", "d"]
+    assert unfinished_trials(tmp_path / "empty") == []
