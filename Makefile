@@ -20,9 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-# The inner loop: core tests only (no Ray), under a minute.
+# The inner loop: core tests only (no Ray, nothing slow), under a minute.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not ray" $(ARGS)
+	$(PY) -m pytest -q -m "not ray and not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check raymmft tests scripts benchmarks

@@ -46,6 +46,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=cfg.lr,
+        # One fused kernel for all parameters: on CPU ~10x faster than the per-tensor loop for
+        # the tiny models (the 49k-token embedding dominates their parameter count).
+        fused=True,
     )
 
 
