@@ -23,6 +23,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "raymmft.commands.report",
         "trials.parquet, Pareto table and plots of a search (running or finished)",
     ),
+    "pretrain-world": (
+        "raymmft.commands.pretrain_world",
+        "pretrain the built-in world's CLIP (raymmft-world) and record its zero-shot metrics",
+    ),
+    "compare-world": (
+        "raymmft.commands.compare_world",
+        "zero-shot vs FLYP vs CMA from raymmft-world: a markdown table of ID and OoD metrics",
+    ),
     "evaluate": (
         "raymmft.commands.evaluate",
         "ID accuracy and OoD detection metrics of a model, zero-shot or from a checkpoint",

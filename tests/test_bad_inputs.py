@@ -22,6 +22,19 @@ def _image_folder(root: Path, classes=("cat", "dog"), per_class=3) -> Path:
     return root
 
 
+def _folder_data(tmp_path: Path, id_train) -> dict:
+    """A consistent data section around an ImageFolder ID train set."""
+    val = tmp_path / "val"
+    if not val.exists():
+        _image_folder(val)
+    return {
+        "id_train": id_train,
+        "id_val": f"imagefolder:{val}",
+        "ood_val": ["builtin:shapes?split=val&classes=far_ood&per_class=5"],
+        "ood_test": ["builtin:shapes?split=test&classes=far_ood&per_class=5"],
+    }
+
+
 def _run(tmp_path, capsys, mutate, *extra) -> str:
     raw = yaml.safe_load(yaml.safe_dump(DEMO))
     raw["storage"] = {"path": str(tmp_path / "results")}
@@ -49,23 +62,24 @@ def test_missing_pretrained_file(tmp_path, capsys):
 
 def test_missing_data_path(tmp_path, capsys):
     missing = tmp_path / "imagenet" / "train"
-    msg = _run(
-        tmp_path, capsys, lambda r: r["data"].update(id_train={"uri": f"imagefolder:{missing}"})
-    )
+    data = _folder_data(tmp_path, {"uri": f"imagefolder:{missing}"})
+    msg = _run(tmp_path, capsys, lambda r: r.update(data=data))
     assert msg == f"dataset path does not exist: {missing}"
 
 
 def test_empty_class_folder(tmp_path, capsys):
     root = _image_folder(tmp_path / "train")
     (root / "emu").mkdir()
-    msg = _run(tmp_path, capsys, lambda r: r["data"].update(id_train=f"imagefolder:{root}"))
+    data = _folder_data(tmp_path, f"imagefolder:{root}")
+    msg = _run(tmp_path, capsys, lambda r: r.update(data=data))
     assert msg == f"empty class folder: {root / 'emu'}"
 
 
 def test_corrupt_image(tmp_path, capsys):
     root = _image_folder(tmp_path / "train")
     (root / "dog" / "9.png").write_bytes(b"not a png")
-    msg = _run(tmp_path, capsys, lambda r: r["data"].update(id_train=f"imagefolder:{root}"))
+    data = _folder_data(tmp_path, f"imagefolder:{root}")
+    msg = _run(tmp_path, capsys, lambda r: r.update(data=data))
     assert msg.startswith(f"cannot read image {root / 'dog' / '9.png'}: ")
 
 
@@ -73,13 +87,8 @@ def test_classname_count_mismatch(tmp_path, capsys):
     root = _image_folder(tmp_path / "train")
     names = tmp_path / "names.txt"
     names.write_text("cat\ndog\nemu\n")
-    msg = _run(
-        tmp_path,
-        capsys,
-        lambda r: r["data"].update(
-            id_train={"uri": f"imagefolder:{root}", "classnames_file": str(names)}
-        ),
-    )
+    data = _folder_data(tmp_path, {"uri": f"imagefolder:{root}", "classnames_file": str(names)})
+    msg = _run(tmp_path, capsys, lambda r: r.update(data=data))
     assert msg == f"classnames file {names} has 3 names but {root} has 2 class folders"
 
 

@@ -103,8 +103,8 @@ BAD = {
     ),
     "test_set_used_for_validation": (
         lambda r: r["data"].update(ood_test=[r["data"]["ood_val"][1]]),
-        "data: ood_test[0] (builtin:shapes?split=val&classes=far_ood&per_class=60) overlaps ood_val[1] "
-        "(builtin:shapes?split=val&classes=far_ood&per_class=60): scoring the search on OoD test images "
+        "data: ood_test[0] (builtin:shapes?split=val&classes=far_ood&per_class=50) overlaps ood_val[1] "
+        "(builtin:shapes?split=val&classes=far_ood&per_class=50): scoring the search on OoD test images "
         "leaks them into the chosen configuration; use another split, seed or source",
     ),
     "unknown_dataset": (

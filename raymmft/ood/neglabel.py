@@ -161,6 +161,10 @@ def resolve_corpus(
         from raymmft.data.shapes import world_concepts
 
         return corpus_from_words(world_concepts(), name="world")
+    if isinstance(corpus, str) and corpus.startswith("world+wordnet"):
+        from raymmft.world import world_corpus
+
+        return world_corpus(corpus, exclude_categories)
     if isinstance(corpus, (str, os.PathLike)):
         path = Path(corpus)
         if not path.is_file():
