@@ -144,7 +144,8 @@ class SearchConfig(_Section):
         "train.lr": {"loguniform": [1e-4, 3e-3]},
     }
     initial_points: list[dict[str, Any]] = Field(
-        [], description="configurations tried first, e.g. the paper's defaults: {train.lam: 0.001, ...}"
+        [],
+        description="configurations tried first, e.g. the paper's defaults: {train.lam: 0.001, ...}",
     )
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     scheduler: Literal["asha", "fifo"] = "asha"
