@@ -4,6 +4,7 @@ step on 2 gloo workers (DDP) gives the same loss and the same weights as 1 worke
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -84,3 +85,22 @@ def test_one_step_same_on_one_and_two_workers(tmp_path):
         close += int((diff <= 1e-6).sum())
         total += diff.numel()
     assert close >= 0.9999 * total, (close, total)
+
+
+def test_lam_changes_the_weights():
+    """lam = 0 (FLYP) and lam > 0 (CMA) from the same seed move the weights differently."""
+    states = {}
+    for lam in (0.0, 0.5):
+        raw = {**RAW, "train": {**RAW["train"], "lam": lam}}
+        reports = []
+        run_training(validate_config(raw), report=lambda m, s, out=reports: out.append((m, s)))
+        states[lam] = reports[-1]
+    (m0, s0), (m1, s1) = states[0.0], states[0.5]
+    assert m0["train_regularizer"] == pytest.approx(m1["train_regularizer"], rel=1e-6), (
+        "same seed, same first batch: the same regulariser value before the step"
+    )
+    assert m1["train_loss"] == pytest.approx(
+        m1["train_contrastive"] + 0.5 * m1["train_regularizer"], rel=1e-5
+    )
+    diff = max((s0["model"][k] - s1["model"][k]).abs().max().item() for k in s0["model"])
+    assert diff > 1e-5
