@@ -53,6 +53,9 @@ def _worker(rank, world_size, port, out_dir):
         torch.save(
             {"loss": out.loss.detach(), "grads": _grads(model.module)}, f"{out_dir}/{rank}.pt"
         )
+        # Both ranks done before either tears down gloo: a peer closing its pairs while the other
+        # still uses them aborts the process ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -48,6 +48,9 @@ def _run(rank, world_size, port, out):
             wrap_model=DDP if world_size > 1 else (lambda m: m),
             report=lambda metrics, state: reports.append((metrics, state)),
         )
+        if world_size > 1:
+            # Both ranks done before either tears down gloo (see test_loss_distributed.py).
+            dist.barrier()
     finally:
         if world_size > 1:
             dist.destroy_process_group()
