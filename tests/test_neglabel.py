@@ -265,3 +265,18 @@ def test_params_from_the_config_section_and_word_file(tmp_path):
     words.write_text("# candidates\nnear\n\nfar\n")
     got = mine_negative_labels(FakeEncoder(table), CLASSES, corpus=str(words), keep_fraction=0.5)
     assert got.words == ["far"]
+
+
+def test_fingerprint_ignores_what_text_encoding_does_not_read():
+    from raymmft.model import build_model
+    from raymmft.ood.embed import model_fingerprint
+
+    a = build_model("raymmft-tiny", temperature=0.01).model
+    b = build_model("raymmft-tiny", temperature=0.05).model
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if k != "logit_scale"}, strict=False)
+    with torch.no_grad():
+        b.visual.conv1.weight.add_(1.0)
+    assert model_fingerprint(a) == model_fingerprint(b), "temperature and image tower do not matter"
+    with torch.no_grad():
+        b.token_embedding.weight[0, 0] += 1e-3
+    assert model_fingerprint(a) != model_fingerprint(b)

@@ -190,10 +190,18 @@ class TextEncoder:
         return self._fingerprint
 
 
+# Not read by encode_text: the image tower and the logit scale/bias. Leaving them out keeps the
+# NegLabel mining cache valid across trials that differ only in temperature (logit_scale).
+_NOT_TEXT = ("visual.", "logit_scale", "logit_bias")
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of the model's state dict (hex)."""
+    """SHA-256 over the names, dtypes, shapes and bytes of the text tower's weights (hex): what
+    text features, and so mined negatives, depend on."""
     digest = hashlib.sha256()
     for name, tensor in unwrap(model).state_dict().items():
+        if name.startswith(_NOT_TEXT):
+            continue
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
