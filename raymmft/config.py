@@ -284,6 +284,17 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}"
 
 
+def flatten_fields(d: dict | None, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lam": 0.1}}`` → ``{"train.lam": 0.1}`` (the inverse of ``set_path``)."""
+    out: dict[str, Any] = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(flatten_fields(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def set_path(raw: dict, path: str, value: Any) -> None:
     """Set ``raw['a']['b'] = value`` for ``path = 'a.b'``, creating sections as needed."""
     *parents, leaf = path.split(".")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raymmft.config import flatten_fields
 from raymmft.errors import RaymmftError
 from raymmft.tensorboard_log import storage_filesystem
 
@@ -276,16 +277,6 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _get(d: dict, dotted: str, default=None):
     node: Any = d
     for part in dotted.split("."):
@@ -354,7 +345,7 @@ def report_rows(exp: Experiment) -> list[dict]:
         row: dict[str, Any] = {
             "trial_id": t.trial_id,
             "status": t.status,
-            **{f"param.{k}": v for k, v in _flatten(t.config).items()},
+            **{f"param.{k}": v for k, v in flatten_fields(t.config).items()},
             "epochs": epochs,
             "max_epochs": max_epochs,
             "reports": len(t.results),

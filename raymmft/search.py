@@ -23,7 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from raymmft.config import EXPERIMENT_CONFIG_FILE as CONFIG_FILE
-from raymmft.config import Config, apply_trial_params
+from raymmft.config import Config, apply_trial_params, flatten_fields
 from raymmft.errors import ConfigError
 from raymmft.worker import train_fn_per_worker
 
@@ -64,15 +64,7 @@ def param_space(cfg: Config) -> dict:
     return space
 
 
-def flatten_params(params: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in params.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_params(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
+flatten_params = flatten_fields
 
 
 def make_searcher(cfg: Config):

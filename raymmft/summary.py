@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from raymmft.config import Config
+from raymmft.config import Config, flatten_fields
 from raymmft.pareto import format_table, pareto_front
 
 OBJECTIVES = ("id_acc", "ood_auroc")
@@ -22,16 +22,6 @@ def _float(v: Any) -> float:
         return math.nan
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def trial_rows(result_grid, max_reports: int | None = None) -> list[dict]:
     """One dict per trial: id, status, searched params, final and best metrics, checkpoint."""
     rows = []
@@ -42,7 +32,7 @@ def trial_rows(result_grid, max_reports: int | None = None) -> list[dict]:
         row = {
             "trial_id": m.get("trial_id") or Path(result.path).name,
             "status": "ERROR" if result.error else "TERMINATED",
-            **{f"param.{k}": v for k, v in _flatten(result.config).items()},
+            **{f"param.{k}": v for k, v in flatten_fields(result.config).items()},
             "epochs": m.get("epoch"),
             "reports": reports,
             "id_acc": _float(m.get("id_acc")),
