@@ -18,6 +18,7 @@ from raymmft.data import build_loader, open_dataset, per_worker_batch
 from raymmft.evaluate import evaluate, prepare_negatives
 from raymmft.finetune import FineTuner, seed_everything, steps_per_epoch, unwrap
 from raymmft.model import build_model
+from raymmft.ood.embed import CachedTokenizer
 from raymmft.text import tokenize_class_prompts
 
 Report = Callable[[dict, dict | None], None]
@@ -220,6 +221,8 @@ class Evaluator:
             )
             for name, spec in zip(ood_set_names(ood_specs), ood_specs)
         }
+        # The same prompts are encoded at every evaluation: tokenise each once.
+        self.tokenizer = CachedTokenizer(bundle.tokenizer)
         # NegLabel: mine once with the starting model, re-encode the words at each evaluation.
         self.negatives = None
         if "neglabel" in cfg.eval.scores:
@@ -238,7 +241,7 @@ class Evaluator:
         ev = self.cfg.eval
         return evaluate(
             model,
-            self.bundle.tokenizer,
+            self.tokenizer,
             self.id_loader,
             self.classnames,
             self.ood_loaders,

@@ -9,7 +9,12 @@ import torch.nn.functional as F
 
 from raymmft.errors import ConfigError
 from raymmft.evaluate import evaluate, evaluate_embeddings, format_table, modality_gap
-from raymmft.ood.embed import class_text_features, encode_images, encode_texts
+from raymmft.ood.embed import (
+    CachedTokenizer,
+    class_text_features,
+    encode_images,
+    encode_texts,
+)
 from raymmft.ood.metrics import accuracy, ood_metrics
 from raymmft.ood.neglabel import mine_negative_labels
 from raymmft.ood.scores import get_score
@@ -211,6 +216,48 @@ def test_evaluate_model_equals_embeddings_path_and_encodes_each_text_once(tiny):
         for name in ood_loaders:
             for metric, value in ref.per_set[name][s].items():
                 assert res.per_set[name][s][metric] == pytest.approx(value, abs=1e-9)
+
+
+def test_cached_tokenizer_returns_the_tokenizers_ids_and_tokenises_each_prompt_once(tiny):
+    calls: list[list[str]] = []
+
+    def counting(prompts):
+        calls.append(list(prompts))
+        return tiny.tokenizer(prompts)
+
+    cached = CachedTokenizer(counting)
+    first = ["a photo of a cat.", "a dog", "a photo of a cat.", "zebra"]
+    assert torch.equal(cached(first), tiny.tokenizer(first))
+    assert calls == [["a photo of a cat.", "a dog", "zebra"]]  # duplicates tokenised once
+    second = ["zebra", "a new word", "a dog"]
+    assert torch.equal(cached(second), tiny.tokenizer(second))
+    assert calls[1:] == [["a new word"]] and len(cached) == 4
+    assert torch.equal(cached(first), tiny.tokenizer(first)) and len(calls) == 2
+
+
+def test_evaluations_through_a_cached_tokenizer_equal_the_plain_ones(tiny):
+    model = tiny.model
+    classes = ["red circle", "blue square", "green star"]
+    words = [f"word{i}" for i in range(30)]
+    negatives = mine_negative_labels(
+        model, classes, tokenizer=tiny.tokenizer, corpus=words, keep_fraction=0.3
+    )
+    tokenised: list[int] = []
+
+    def counting(prompts):
+        tokenised.append(len(prompts))
+        return tiny.tokenizer(prompts)
+
+    cached = CachedTokenizer(counting)
+    kwargs = dict(scores=["neglabel", "mcm"], neglabel_params={"ngroups": 1}, negatives=negatives)
+    loaders = (_loader(12, 1), {"x": _loader(10, 2)})
+    plain = evaluate(model, tiny.tokenizer, loaders[0], classes, loaders[1], **kwargs)
+    for _ in range(2):
+        res = evaluate(model, cached, loaders[0], classes, loaders[1], **kwargs)
+        assert res.id_accuracy == plain.id_accuracy
+        for s in ("neglabel", "mcm"):
+            np.testing.assert_array_equal(res.id_scores[s], plain.id_scores[s])
+    assert sum(tokenised) == len(classes) + len(negatives)  # the second evaluation tokenised none
 
 
 def test_class_text_features_average_templates(tiny):

@@ -152,6 +152,29 @@ def average_templates(features: Tensor, num_classes: int, num_templates: int) ->
     return F.normalize(feats.mean(dim=1), dim=-1)
 
 
+class CachedTokenizer:
+    """A tokenizer that keeps the token ids of every prompt it has seen.
+
+    An evaluator encodes the same prompts (class prompts, NegLabel negatives) at every evaluation of
+    a trial with a changing model; the ids never change, so each prompt is tokenised once. Rows are
+    returned in the order asked, exactly as ``tokenizer(prompts)`` returns them.
+    """
+
+    def __init__(self, tokenizer: Callable[[list[str]], Tensor]) -> None:
+        self.tokenizer = tokenizer
+        self._ids: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __call__(self, prompts: Sequence[str]) -> Tensor:
+        prompts = list(prompts)
+        new = list(dict.fromkeys(p for p in prompts if p not in self._ids))
+        if new:
+            self._ids.update(zip(new, self.tokenizer(new)))
+        return torch.stack([self._ids[p] for p in prompts])
+
+
 class TextEncoder:
     """``prompts -> features`` with a model and tokenizer, as NegLabel mining takes it.
 
