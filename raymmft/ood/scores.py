@@ -78,6 +78,13 @@ def mcm_score(
     return msp_score(clip_logits(image_features, id_text_features, temperature))
 
 
+def _logsumexp_(x: Tensor) -> Tensor:
+    """``logsumexp`` over the last dim of finite ``x``, overwriting ``x``: one pass over the largest
+    matrix of an evaluation instead of ``torch.logsumexp``'s temporaries (half the score's time)."""
+    top = x.amax(dim=-1, keepdim=True)
+    return x.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(-1))
+
+
 def neglabel_score(
     image_features: Tensor,
     id_text_features: Tensor,
@@ -121,12 +128,14 @@ def neglabel_score(
     if ngroups > 1:
         perm = torch.randperm(num_neg, generator=torch.Generator().manual_seed(seed))
         neg = neg[perm[: ngroups * group_size].to(device)]
+    neg_t = neg.T.contiguous()
     out = []
     for start in range(0, image_features.shape[0], batch_size):
-        f = _normalise(image_features[start : start + batch_size], dtype)
-        lse_pos = torch.logsumexp(f @ pos.T / temperature, dim=-1)  # [b]
-        sims_neg = (f @ neg.T / temperature).view(f.shape[0], ngroups, group_size)
-        lse_neg = torch.logsumexp(sims_neg, dim=-1)  # [b, g]
+        # 1/t scales the [b, D] features, not the [b, M] similarities
+        f = _normalise(image_features[start : start + batch_size], dtype) / temperature
+        lse_pos = torch.logsumexp(f @ pos.T, dim=-1)  # [b]
+        sims_neg = (f @ neg_t).view(f.shape[0], ngroups, group_size)
+        lse_neg = _logsumexp_(sims_neg)  # [b, g]
         out.append(torch.sigmoid(lse_pos[:, None] - lse_neg).mean(dim=-1))
     if not out:
         return torch.empty(0, dtype=dtype, device=device)
