@@ -68,25 +68,41 @@ def cma_loss(
     return cma_loss_parts(image_features, text_features, logit_scale, lam).loss
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """``cat(all_gather(x))`` along dim 0; backward sums the incoming gradients over the workers
+    and returns this worker's slice. Public collectives only (``torch.distributed.nn.all_gather``,
+    which does the same, is deprecated in torch 2.14)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # all_reduce writes in place; autograd owns `grad`
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_features(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     world_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-gather both feature batches across workers, keeping the autograd graph.
+    """All-gather both feature batches across workers (equal batch sizes), keeping the autograd
+    graph.
 
-    ``torch.distributed.nn.all_gather`` sums the incoming gradients in backward, so every worker's
-    local features receive the gradient of the (identical) global loss from all workers; DDP's
-    gradient averaging then yields exactly the single-process gradient of the global batch.
+    Backward sums the incoming gradients, so every worker's local features receive the gradient of
+    the (identical) global loss from all workers; DDP's gradient averaging then yields exactly the
+    single-process gradient of the global batch.
     """
     if world_size == 1:
         return image_features, text_features
-    import torch.distributed.nn as dist_nn
-
-    return (
-        torch.cat(dist_nn.all_gather(image_features), dim=0),
-        torch.cat(dist_nn.all_gather(text_features), dim=0),
-    )
+    return _AllGatherWithGrad.apply(image_features), _AllGatherWithGrad.apply(text_features)
 
 
 class CMALoss(torch.nn.Module):
