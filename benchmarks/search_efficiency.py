@@ -5,19 +5,23 @@
    ratio, the best AUROC each reached (``ood_auroc``, the primary NegLabel score on the OoD
    validation sets; best over trials of the last report, and best over all reports), and when ASHA
    first came within 1 AUROC point of the no-stopping best.
-2. Optuna TPE against random sampling at an equal budget (``num_samples`` trials, FIFO, a few sampler
-   seeds): the best AUROC after each number of trials. Optuna's TPE samples its first
-   ``n_startup_trials`` (10) at random, so budgets of 10 trials or fewer cannot tell them apart.
+2. Optuna TPE against random sampling at an equal budget (``--sampler-trials`` trials, FIFO, a few
+   sampler seeds): the best AUROC after each number of trials, and the AUROCs of the trials after
+   TPE's start-up. Optuna's TPE samples its first ``n_startup_trials`` (10) at random, the same
+   points as random search from the same seed, so budgets of 10 trials or fewer cannot tell them
+   apart.
 
 Each search calls ``raymmft.search.run_search`` in this process on a fresh Ray instance (started only
 once no other Ray runs on the machine, shut down after), with its own storage directory; the wall time
 is that of ``run_search`` (Ray's start is timed apart).
 
-Cost on 2 CPU cores: the demo trial takes about 2 minutes (about 30 s of Ray start-up and teardown,
-NegLabel mining over WordNet, six evaluations); 2 trials run at once.
+Cost on 2 CPU cores: a 2-epoch trial takes about 30 s, most of it the trial's fixed cost (Ray's
+start-up and teardown, see ``trial_fixed_cost.py``), the demo's 6-epoch trial about 40 s; 2 trials
+run at once.
 
-    .venv/bin/python benchmarks/search_efficiency.py                   # full: about 1.5 hours here
+    .venv/bin/python benchmarks/search_efficiency.py                   # full: about 1 hour here
     .venv/bin/python benchmarks/search_efficiency.py --part asha       # the demo, ASHA vs FIFO only
+    .venv/bin/python benchmarks/search_efficiency.py --part sampler    # 6 searches x 30 trials: 50 min
     .venv/bin/python benchmarks/search_efficiency.py --quick           # small, cheap evaluation
     .venv/bin/python benchmarks/search_efficiency.py --set train.epochs=4 --sampler-trials 16
 """
@@ -185,8 +189,25 @@ def compare_schedulers(args, root: Path) -> dict:
     }
 
 
+TPE_STARTUP_TRIALS = 10  # optuna.samplers.TPESampler's n_startup_trials default
+GOOD_AUROC = 0.85
+
+
+def after_startup(run: dict) -> dict:
+    """The last AUROC of each trial after TPE's start-up trials: mean, median, count >= GOOD_AUROC."""
+    values = [t["aurocs"][-1] for t in run["trials"][TPE_STARTUP_TRIALS:] if t["aurocs"]]
+    if not values:
+        return {"trials": 0, "mean": float("nan"), "median": float("nan"), "good": 0}
+    return {
+        "trials": len(values),
+        "mean": sum(values) / len(values),
+        "median": harness.median(values),
+        "good": sum(v >= GOOD_AUROC for v in values),
+    }
+
+
 def compare_samplers(args, root: Path) -> dict:
-    if args.sampler_trials <= 10:
+    if args.sampler_trials <= TPE_STARTUP_TRIALS:
         print(
             f"note: {args.sampler_trials} trials <= TPE's 10 random start-up trials: "
             "TPE samples like random search here"
@@ -226,7 +247,22 @@ def compare_samplers(args, root: Path) -> dict:
         rows,
         title=f"TPE vs random, {args.sampler_trials} trials x {args.sampler_epochs} epochs, seeds {args.seeds}",
     )
+    # Best-so-far hides how a sampler spends its budget: the trials after TPE's random start-up
+    # (the same for both samplers and seeds) show whether its proposals concentrate on good regions.
+    after = {s: {seed: after_startup(runs[s][seed]) for seed in args.seeds} for s in runs}
+    if args.sampler_trials > TPE_STARTUP_TRIALS:
+        harness.table(
+            ["sampler", "seed", "mean AUROC", "median AUROC", f"trials >= {GOOD_AUROC}"],
+            [
+                (s, seed, a["mean"], a["median"], a["good"])
+                for s in after
+                for seed, a in after[s].items()
+            ],
+            title=f"trials {TPE_STARTUP_TRIALS + 1}..{args.sampler_trials} "
+            "(after TPE's random start-up), last AUROC of each",
+        )
     return {
+        "after_startup": after,
         "best_after_n": {
             s: {seed: runs[s][seed]["best_last_auroc"] for seed in args.seeds} for s in runs
         },
@@ -251,7 +287,7 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=6, help="ASHA vs FIFO: the demo's 6")
     p.add_argument("--epochs", type=int, default=None, help="ASHA vs FIFO: default the demo's 6")
     p.add_argument("--seed", type=int, default=0, help="ASHA vs FIFO: sampler seed")
-    p.add_argument("--sampler-trials", type=int, default=12)
+    p.add_argument("--sampler-trials", type=int, default=30, help="TPE's start-up is 10 of them")
     p.add_argument("--sampler-epochs", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument(
