@@ -1,6 +1,7 @@
 """Worker-count invariance of the CMA loss: 2 gloo workers with half a batch each equal 1 worker
 with the whole batch, in loss and (after DDP's averaging) in parameter gradients."""
 
+import gc
 import os
 import socket
 
@@ -40,21 +41,27 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
+def _step(rank, world_size, out_dir):
+    model = DDP(TwoTowers())
+    x_img, x_txt = _data()
+    # DistributedSampler's order: rank r takes indices r, r + N, ...
+    idx = torch.arange(rank, GLOBAL_BATCH, world_size)
+    out = CMALoss(LAM, rank=rank, world_size=world_size)(*model(x_img[idx], x_txt[idx]))
+    out.loss.backward()
+    torch.save({"loss": out.loss.detach(), "grads": _grads(model.module)}, f"{out_dir}/{rank}.pt")
+
+
 def _worker(rank, world_size, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        model = DDP(TwoTowers())
-        x_img, x_txt = _data()
-        # DistributedSampler's order: rank r takes indices r, r + N, ...
-        idx = torch.arange(rank, GLOBAL_BATCH, world_size)
-        out = CMALoss(LAM, rank=rank, world_size=world_size)(*model(x_img[idx], x_txt[idx]))
-        out.loss.backward()
-        torch.save(
-            {"loss": out.loss.detach(), "grads": _grads(model.module)}, f"{out_dir}/{rank}.pt"
-        )
+        _step(rank, world_size, out_dir)
+        # Teardown: DDP's reducer holds the process group, so it must be gone (collected) before
+        # destroy_process_group, or gloo's threads are destructed at interpreter exit and abort
+        # the process ("terminate called without an active exception", seen in two CI runs).
         # Both ranks done before either tears down gloo: a peer closing its pairs while the other
-        # still uses them aborts the process ("terminate called without an active exception").
+        # still uses them aborts it too.
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -1,6 +1,7 @@
 """Worker-count invariance of the training loop itself: with the same seed and global batch, one
 step on 2 gloo workers (DDP) gives the same loss and the same weights as 1 worker."""
 
+import gc
 import os
 import socket
 
@@ -49,7 +50,9 @@ def _run(rank, world_size, port, out):
             report=lambda metrics, state: reports.append((metrics, state)),
         )
         if world_size > 1:
-            # Both ranks done before either tears down gloo (see test_loss_distributed.py).
+            # The DDP model gone, both ranks done, then tear down gloo (see
+            # test_loss_distributed.py).
+            gc.collect()
             dist.barrier()
     finally:
         if world_size > 1:
