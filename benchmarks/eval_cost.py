@@ -43,11 +43,12 @@ from raymmft.ood.neglabel import ADJ_TEMPLATE, NOUN_TEMPLATE, NegLabelParams
 from raymmft.ood.scores import mcm_score, neglabel_score
 
 
-def _vm_hwm_kib() -> int | None:
+def _status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``); None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1])
     except OSError:
         return None
@@ -61,17 +62,6 @@ def _reset_hwm() -> bool:
         return True
     except OSError:
         return False
-
-
-def _vm_rss_kib() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 @contextmanager
@@ -91,13 +81,13 @@ def phase(record: dict, name: str, *, trace: bool):
             tracemalloc.stop()
         return
     reset = _reset_hwm()
-    before = _vm_rss_kib()
+    before = _status_kib("VmRSS")
     start = time.perf_counter()
     try:
         yield
     finally:
         seconds = time.perf_counter() - start
-        hwm = _vm_hwm_kib() if reset else None
+        hwm = _status_kib("VmHWM") if reset else None
         peak_kib = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         entry["seconds"].append(seconds)
         entry["peak_rss_mib"] = max(entry["peak_rss_mib"], peak_kib / 1024)

@@ -86,17 +86,13 @@ def _train_plain(cfg, finetuner: bool) -> dict:
     """
     from raymmft.data import build_loader, open_dataset, per_worker_batch
     from raymmft.finetune import make_optimizer, make_scheduler, seed_everything, steps_per_epoch
+    from raymmft.loop import model_of
     from raymmft.losses import cma_loss
-    from raymmft.model import build_model, clamp_logit_scale
+    from raymmft.model import clamp_logit_scale
     from raymmft.text import tokenize_class_prompts
 
     seed_everything(cfg.train.seed)
-    bundle = build_model(
-        cfg.model.arch,
-        cfg.model.pretrained,
-        temperature=cfg.model.temperature,
-        learn_temperature=cfg.model.learn_temperature,
-    )
+    bundle = model_of(cfg)
     transform = bundle.preprocess_train if cfg.train.augment else bundle.preprocess_eval
     train_set = open_dataset(cfg.data.id_train, transform)
     loader = build_loader(

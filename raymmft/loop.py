@@ -66,6 +66,18 @@ def ood_set_names(specs) -> list[str]:
     return [_dataset_name(s, i, used) for i, s in enumerate(specs)]
 
 
+def model_of(cfg: Config, device: torch.device | str = "cpu"):
+    """The starting model of ``cfg`` (arch, weights, temperature, precision) on ``device``."""
+    return build_model(
+        cfg.model.arch,
+        cfg.model.pretrained,
+        temperature=cfg.model.temperature,
+        learn_temperature=cfg.model.learn_temperature,
+        precision=cfg.train.precision,
+        device=device,
+    )
+
+
 def run_training(
     cfg: Config,
     *,
@@ -82,14 +94,7 @@ def run_training(
     """Fine-tune with the CMA loss and report metrics after every evaluation."""
     device = device or torch.device("cpu")
     seed_everything(cfg.train.seed)
-    bundle = build_model(
-        cfg.model.arch,
-        cfg.model.pretrained,
-        temperature=cfg.model.temperature,
-        learn_temperature=cfg.model.learn_temperature,
-        precision=cfg.train.precision,
-        device=device,
-    )
+    bundle = model_of(cfg, device)
     if cfg.train.grad_checkpointing:
         bundle.model.set_grad_checkpointing(True)
 
@@ -263,3 +268,14 @@ class Evaluator:
         metrics = evaluation.flat_metrics()
         metrics["score"] = metrics["ood_auroc"] + self.cfg.search.score_weight * metrics["id_acc"]
         return metrics
+
+
+def final_evaluator(cfg: Config, bundle, device, *, ood_specs, cache_dir: str | None = None):
+    """The evaluator of a chosen configuration's final report: ID ``id_test`` (else ``id_val``) and
+    ``ood_specs``, class names from the train set, NegLabel's negatives mined by ``bundle``'s
+    model (the starting model: the same cache entry as during training)."""
+    classnames = open_dataset(cfg.data.id_train, bundle.preprocess_eval).classnames
+    id_spec = getattr(cfg.data, "id_test", None) or cfg.data.id_val
+    return Evaluator(
+        cfg, bundle, classnames, device, id_spec=id_spec, ood_specs=ood_specs, cache_dir=cache_dir
+    )

@@ -103,26 +103,13 @@ def evaluate_checkpoint(
     NegLabel's negatives are mined with the starting model, as during training (the same cache
     entry), and re-encoded with the fine-tuned weights.
     """
-    from raymmft.data import open_dataset
-    from raymmft.loop import Evaluator
-    from raymmft.model import build_model
+    from raymmft.loop import final_evaluator, model_of
 
     state = load_trial_state(checkpoint_path)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.resources.use_gpu else "cpu")
-    bundle = build_model(
-        cfg.model.arch,
-        cfg.model.pretrained,
-        temperature=cfg.model.temperature,
-        precision=cfg.train.precision,
-        learn_temperature=cfg.model.learn_temperature,
-        device=device,
-    )
-    classnames = open_dataset(cfg.data.id_train, bundle.preprocess_eval).classnames
-    id_spec = getattr(cfg.data, "id_test", None) or cfg.data.id_val
+    bundle = model_of(cfg, device)
     ood_specs = cfg.data.ood_test if on == "test" else cfg.data.ood_val
-    evaluator = Evaluator(
-        cfg, bundle, classnames, device, id_spec=id_spec, ood_specs=ood_specs, cache_dir=cache_dir
-    )
+    evaluator = final_evaluator(cfg, bundle, device, ood_specs=ood_specs, cache_dir=cache_dir)
     bundle.model.load_state_dict(state["model"])
     return evaluator.evaluate(bundle.model)
 

@@ -510,27 +510,11 @@ def finetune_world(cfg, *, cache_dir: str | None = None) -> dict:
 def test_evaluator(cfg, *, cache_dir: str | None = None):
     """An ``Evaluator`` on the test sets (ID: ``id_val``, as the search's final report), with
     NegLabel's negatives mined by the *starting* model, and that starting model's bundle."""
-    from raymmft.data import open_dataset
-    from raymmft.loop import Evaluator
-    from raymmft.model import build_model
+    from raymmft.loop import final_evaluator, model_of
 
-    bundle = build_model(
-        cfg.model.arch,
-        cfg.model.pretrained,
-        temperature=cfg.model.temperature,
-        learn_temperature=cfg.model.learn_temperature,
-        precision=cfg.train.precision,
-    )
-    classnames = open_dataset(cfg.data.id_train, bundle.preprocess_eval).classnames
-    id_spec = getattr(cfg.data, "id_test", None) or cfg.data.id_val
-    evaluator = Evaluator(
-        cfg,
-        bundle,
-        classnames,
-        torch.device("cpu"),
-        id_spec=id_spec,
-        ood_specs=cfg.data.ood_test,
-        cache_dir=cache_dir,
+    bundle = model_of(cfg)
+    evaluator = final_evaluator(
+        cfg, bundle, torch.device("cpu"), ood_specs=cfg.data.ood_test, cache_dir=cache_dir
     )
     return evaluator, bundle
 
