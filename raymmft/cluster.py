@@ -18,34 +18,32 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from raymmft.errors import ConfigError
+from raymmft.errors import ConfigError, StorageError
+from raymmft.storage import Location
 
 MARKER_PREFIX = ".raymmft-write-check-"
 # Where Ray unpacks a job's --working-dir; gone when the Ray session ends.
 JOB_WORKING_DIR_MARK = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
 # ---------------------------------------------------------------- storage
 
 
-def check_storage(path: str, *, num_nodes: int, shared: bool = False) -> None:
-    """Raise ``ConfigError`` unless every node of the cluster can write results to ``path``.
+def check_storage(location: str | Location, *, num_nodes: int, shared: bool = False) -> None:
+    """Raise ``ConfigError`` unless every node of the cluster can write results to ``location``.
 
-    ``path`` is a URI (``s3://``, ``gs://``, any filesystem pyarrow resolves, as Ray Train does) or
-    a local path, already resolved by the caller. ``num_nodes`` counts the nodes the cluster has or
+    ``location`` is a URI (``s3://``, ``gs://``, any filesystem pyarrow resolves, as Ray Train
+    does) or a local path (plain or ``file://``). ``num_nodes`` counts the nodes the cluster has or
     can grow to; ``shared`` says a local path is the same shared filesystem on every node.
     """
-    if is_uri(path):
-        _check_uri_writable(path)
+    location = Location.parse(location)
+    path = str(location)
+    if not location.is_local:
+        _check_uri_writable(location)
         return
-    if JOB_WORKING_DIR_MARK in path:
+    if JOB_WORKING_DIR_MARK in location.path:
         raise ConfigError(
             f"storage '{path}' is inside this job's temporary working directory, which Ray "
             f"deletes after the job; give an absolute path or an s3:// / gs:// URI "
@@ -58,37 +56,34 @@ def check_storage(path: str, *, num_nodes: int, shared: bool = False) -> None:
             f"an s3:// or gs:// URI (--storage s3://bucket/raymmft), or an NFS mount present at "
             f"the same path on every node, declared with --set storage.shared=true"
         )
-    _check_local_writable(path)
+    _check_local_writable(location)
 
 
-def _check_local_writable(path: str) -> None:
+def _check_local_writable(location: Location) -> None:
+    path = location.local_path
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=MARKER_PREFIX):
             pass  # created and deleted on close
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(
-            f"storage '{path}' is not writable ({reason}); give a directory you can write to "
+            f"storage '{location}' is not writable ({reason}); give a directory you can write to "
             f"with --storage or storage.path"
         ) from None
 
 
-def _check_uri_writable(uri: str) -> None:
-    import pyarrow.fs
-
+def _check_uri_writable(location: Location) -> None:
+    """Create the directory and a marker object in it, then delete the marker."""
     try:
-        fs, base = pyarrow.fs.FileSystem.from_uri(uri)
-        fs.create_dir(base, recursive=True)
-        marker = f"{base.rstrip('/')}/{MARKER_PREFIX}{uuid.uuid4().hex}"
-        with fs.open_output_stream(marker) as out:
-            out.write(b"raymmft")
-        fs.delete_file(marker)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        location.mkdir()
+        marker = location.join(f"{MARKER_PREFIX}{uuid.uuid4().hex}")
+        marker.write_bytes(b"raymmft")
+        marker.delete_file()
+    except StorageError as exc:
         raise ConfigError(
-            f"storage '{uri}' is not writable ({first_line}); check the URI and this "
-            f"node's credentials for it"
+            f"storage '{location}' is not writable ({str(exc).split(': ', 1)[-1]}); check the URI "
+            f"and this node's credentials for it"
         ) from None
 
 

@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raymmft.data import DataConfig
-from raymmft.errors import ConfigError
+from raymmft.errors import ConfigError, StorageError
+from raymmft.storage import Location, check_name
 
 SCORE_NAMES = ("energy", "max_logit", "mcm", "msp", "neglabel")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "quniform")
@@ -197,11 +198,39 @@ class ResourcesConfig(_Section):
 
 
 class StorageConfig(_Section):
-    path: str = "./raymmft_results"
+    path: str = Field(
+        "./raymmft_results", description="a local path or a URI: s3://, gs://, file:// (pyarrow.fs)"
+    )
     shared: bool = Field(
         False, description="a local path that is the same shared filesystem (NFS) on every node"
     )
     name: str | None = Field(None, description="experiment name; default: from the config file")
+
+    @field_validator("path")
+    @classmethod
+    def _location(cls, v):
+        try:  # a URI that cannot be parsed fails here, not on the cluster
+            Location.parse(v)
+        except StorageError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _one_segment(cls, v):
+        return v if v is None else check_name(v)
+
+    @property
+    def location(self) -> Location:
+        """Where experiments are kept (local paths made absolute)."""
+        return Location.parse(self.path)
+
+    @property
+    def experiment(self) -> Location:
+        """This experiment's directory: ``<path>/<name>``, scheme and query kept."""
+        if self.name is None:
+            raise ConfigError("storage.name is not set")
+        return self.location.join(self.name)
 
 
 class Config(_Section):
@@ -328,8 +357,11 @@ def validate_config(raw: dict, source: str = "config") -> Config:
         raise ConfigError(_format_error(source, err)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``--set`` overrides, validate; errors name the file and field."""
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, *, fields: dict[str, Any] | None = None
+) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and ``fields`` (``{dotted.field: value}``
+    from dedicated flags such as ``--name``), validate; errors name the file and field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -342,7 +374,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: YAML syntax error at{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    for key, value in parse_overrides(overrides):
+    for key, value in [*parse_overrides(overrides), *(fields or {}).items()]:
         set_path(raw, key, value)
     cfg = validate_config(raw, str(path))
     if cfg.storage.name is None:
@@ -353,18 +385,27 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 EXPERIMENT_CONFIG_FILE = "raymmft_config.json"
 
 
-def load_experiment_config(experiment: str | Path) -> Config:
-    """The config saved in an experiment directory, with its storage pointing at that directory."""
+def load_experiment_config(experiment: str | Location) -> Config:
+    """The config saved in an experiment directory (a local path or a URI), with its storage
+    pointing at that directory."""
     import json
 
-    exp = Path(experiment).expanduser().resolve()
-    path = exp / EXPERIMENT_CONFIG_FILE
-    if not path.is_file():
+    try:
+        exp = Location.parse(experiment)
+        path = exp.join(EXPERIMENT_CONFIG_FILE)
+        found = path.is_file()
+    except StorageError as exc:
+        raise ConfigError(f"cannot resume {experiment}: {exc}") from None
+    if not found:
         raise ConfigError(
             f"cannot resume {experiment}: no {EXPERIMENT_CONFIG_FILE} there (not a raymmft experiment)"
         )
-    cfg = validate_config(json.loads(path.read_text()), str(path))
-    cfg.storage.path = str(exp.parent)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    cfg = validate_config(raw, str(path))
+    cfg.storage.path = exp.parent.uri
     cfg.storage.name = exp.name
     return cfg
 

@@ -19,3 +19,7 @@ class ModelError(RaymmftError):
 
 class DataError(RaymmftError):
     """A dataset spec, path or file cannot be read."""
+
+
+class StorageError(RaymmftError):
+    """A results location (local path, ``s3://``, ``gs://``, ``file://``) cannot be used."""

@@ -20,7 +20,6 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -359,14 +358,10 @@ def format_table(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
-def write_json(
-    result: EvaluationResult, path: str | os.PathLike, extra: Mapping | None = None
-) -> Path:
-    """Write ``result.to_dict()`` (plus ``extra``, e.g. the model and data specs) as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_json(result: EvaluationResult, location, extra: Mapping | None = None):
+    """Write ``result.to_dict()`` (plus ``extra``, e.g. the model and data specs) as JSON to a
+    local path or storage URI, whole or not at all; returns its ``Location``."""
+    from raymmft.storage import Location
+
     payload = {**(dict(extra) if extra else {}), **result.to_dict()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return Location.parse(location).write_text(json.dumps(payload, indent=2) + "\n")

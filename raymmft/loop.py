@@ -279,3 +279,22 @@ def final_evaluator(cfg: Config, bundle, device, *, ood_specs, cache_dir: str | 
     return Evaluator(
         cfg, bundle, classnames, device, id_spec=id_spec, ood_specs=ood_specs, cache_dir=cache_dir
     )
+
+
+def evaluate_checkpoint(
+    cfg: Config, checkpoint: str, *, on: str = "test", cache_dir: str | None = None
+):
+    """Evaluate a trial's checkpoint (a directory or ``state.pt`` on any storage) on its OoD test
+    (or validation) sets.
+
+    NegLabel's negatives are mined with the starting model, as during training (the same cache
+    entry), and re-encoded with the checkpoint's weights.
+    """
+    from raymmft.checkpoint import load_weights
+
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.resources.use_gpu else "cpu")
+    bundle = model_of(cfg, device)
+    ood_specs = cfg.data.ood_test if on == "test" else cfg.data.ood_val
+    evaluator = final_evaluator(cfg, bundle, device, ood_specs=ood_specs, cache_dir=cache_dir)
+    load_weights(bundle.model, checkpoint, arch=cfg.model.arch)
+    return evaluator.evaluate(bundle.model)

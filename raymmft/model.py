@@ -172,36 +172,6 @@ def build_model(
     )
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, arch: str) -> None:
-    """Load a raymmft checkpoint's model weights (``{"model": state_dict, "arch": ...}``) or a bare
-    state dict into ``model``; a checkpoint of another architecture is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise ModelError(
-            f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}"
-        ) from exc
-    state = payload.get("model", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise ModelError(f"checkpoint {path} holds no model state dict")
-    saved_arch = payload.get("arch") if isinstance(payload, dict) else None
-    if saved_arch is not None and saved_arch != arch:
-        raise ModelError(f"checkpoint {path} is for architecture '{saved_arch}', not '{arch}'")
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
-    if bad or missing:
-        first = (bad or missing)[0]
-        raise ModelError(
-            f"checkpoint {path} does not fit architecture '{arch}' "
-            f"({len(bad)} mismatched and {len(missing)} missing tensors, e.g. '{first}')"
-        )
-    model.load_state_dict(state)
-
-
 def clamp_logit_scale(model: torch.nn.Module) -> None:
     """Keep the learned logit scale in [0, log 100], as CLIP training does after each step."""
     with torch.no_grad():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
+import shlex
 from typing import Any
 
 import ray
@@ -21,14 +21,18 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.search import SearchGenerator
 
 from raymmft.config import EXPERIMENT_CONFIG_FILE as CONFIG_FILE
 from raymmft.config import Config, apply_trial_params, flatten_fields
 from raymmft.errors import ConfigError
+from raymmft.results.experiment import UNFINISHED, tune_state
+from raymmft.storage import Location
 from raymmft.worker import train_fn_per_worker
 
 TRAIN_RUNS_DIR = "train_runs"
 TENSORBOARD_DIR = "tensorboard"
+CACHE_DIR = ".raymmft_cache"
 
 
 # ---------------------------------------------------------------- search space
@@ -67,7 +71,9 @@ def param_space(cfg: Config) -> dict:
 flatten_params = flatten_fields
 
 
-def make_searcher(cfg: Config):
+def optuna_search(cfg: Config):
+    """Tune's ``OptunaSearch`` with the configured sampler (TPE, NSGA-II or random), seeded, on the
+    objectives, trying ``search.initial_points`` first."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -86,6 +92,56 @@ def make_searcher(cfg: Config):
     return OptunaSearch(
         metric=metrics, mode=modes, sampler=samplers[s.sampler](), points_to_evaluate=points
     )
+
+
+def make_searcher(cfg: Config, max_concurrent: int) -> ResumableSearch:
+    """The search algorithm: ``optuna_search`` with at most ``max_concurrent`` trials at once."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    return ResumableSearch(ConcurrencyLimiter(optuna_search(cfg), max_concurrent=max_concurrent))
+
+
+class ResumableSearch(SearchGenerator):
+    """Tune's ``SearchGenerator`` over ``ConcurrencyLimiter(OptunaSearch)``, made consistent on
+    ``--resume`` with the trials Tune restores.
+
+    Tune saves the experiment state (every trial, its status and config) and the searcher's state
+    (Optuna's trials, the generator's trial counter, the limiter's live trials) as separate files,
+    and on object storage uploads them in parallel: a driver killed during an upload leaves one
+    newer than the other. Restored as they are, the searcher then meets a trial it never suggested
+    (a ``KeyError`` inside OptunaSearch) or counts too few trials and runs more than
+    ``num_samples``. After restoring, the searcher is brought in line with the experiment state,
+    which is what Tune runs: a trial Optuna does not know is added to the study with its config
+    (and its final result when it has finished), a trial Optuna suggested that Tune never
+    recorded is told failed, and the counter and the live trials are those of the experiment
+    state. (Reaches into OptunaSearch's ``_ot_trials``/``_ot_study``: no public API holds them.)
+    """
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        self.reconcile(tune_state(Location.parse(dirpath)))
+
+    def reconcile(self, trials: dict[str, dict]) -> None:
+        import optuna
+
+        limiter, base = self.searcher, self.searcher.searcher
+        for trial_id, trial in trials.items():
+            if trial_id in base._ot_trials:
+                continue
+            params = {k.replace(".", "/"): v for k, v in flatten_fields(trial["config"]).items()}
+            base._ot_study.enqueue_trial(params, skip_if_exists=False)
+            base._ot_trials[trial_id] = base._ot_study.ask(fixed_distributions=base._space)
+            if trial["status"] == "TERMINATED":
+                base.on_trial_complete(trial_id, result=trial["last_result"] or None)
+            elif trial["status"] == "ERROR":
+                base.on_trial_complete(trial_id, error=True)
+        for trial_id, ot_trial in base._ot_trials.items():
+            if trial_id not in trials and trial_id not in base._completed_trials:
+                base._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                base._completed_trials.add(trial_id)
+        limiter.live_trials = {t for t, v in trials.items() if v["status"] in UNFINISHED}
+        limiter.num_unfinished_live_trials = len(limiter.live_trials)
+        self._counter = len(trials)
 
 
 def make_scheduler(cfg: Config):
@@ -157,23 +213,25 @@ def scaling_config(cfg: Config) -> ScalingConfig:
 def make_trainer(
     cfg: Config,
     *,
-    storage: str,
+    storage: Location,
     name: str,
-    cache: str | None,
-    tensorboard_dir: str | None = None,
+    cache: Location | None,
+    tensorboard_dir: Location | None = None,
     callbacks=(),
 ) -> TorchTrainer:
+    """A ``TorchTrainer`` whose run lives at ``storage/name``; locations travel as URIs (strings:
+    every worker opens them itself, with its own node's credentials)."""
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={
             "config": cfg.to_dict(),
-            "cache_dir": cache,
-            "tensorboard_dir": tensorboard_dir,
+            "cache_dir": cache.uri if cache is not None else None,
+            "tensorboard_dir": tensorboard_dir.uri if tensorboard_dir is not None else None,
         },
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=storage.uri,
             failure_config=FailureConfig(max_failures=cfg.resources.max_failures),
             # The latest checkpoint resumes the run and is the one evaluated; keep one spare.
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -182,21 +240,22 @@ def make_trainer(
     )
 
 
-def cache_dir(storage: str) -> str | None:
-    """NegLabel mining cache beside the results, when the storage is a local/NFS path."""
-    return None if "://" in storage else str(Path(storage) / ".raymmft_cache")
+def cache_location(cfg: Config) -> Location:
+    """NegLabel mining cache beside the experiments, on the same storage (local, NFS or a bucket)."""
+    return cfg.storage.location.join(CACHE_DIR)
 
 
-def trial_driver(params: dict, *, base: dict, storage: str, experiment: str) -> None:
+def trial_driver(params: dict, *, base: dict) -> None:
     """The Tune function trainable of one trial: fit a TorchTrainer with this trial's config."""
     cfg = apply_trial_params(Config.model_validate(base), flatten_params(params))
     trial_id = tune.get_context().get_trial_id()
+    exp = cfg.storage.experiment
     trainer = make_trainer(
         cfg,
-        storage=f"{storage}/{experiment}/{TRAIN_RUNS_DIR}",
+        storage=exp.join(TRAIN_RUNS_DIR),
         name=trial_id,
-        cache=cache_dir(storage),
-        tensorboard_dir=f"{storage}/{experiment}/{TENSORBOARD_DIR}/{trial_id}",
+        cache=cache_location(cfg),
+        tensorboard_dir=exp.join(TENSORBOARD_DIR, trial_id),
         callbacks=[TuneReportCallback()],
     )
     try:
@@ -225,10 +284,6 @@ def failure_reason(exc: WorkerGroupError) -> str:
 # ---------------------------------------------------------------- the search
 
 
-def resolve_storage(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
 def local_resources() -> dict[str, float]:
     """What a Ray instance started on this machine will offer (checked before starting it)."""
     import torch
@@ -255,37 +310,34 @@ def init_ray(address: str | None) -> None:
         ray.init(address="local")
 
 
-def experiment_dir(cfg: Config) -> Path:
-    return Path(resolve_storage(cfg.storage.path)) / cfg.storage.name
-
-
-def check_experiment_dir(storage: str, name: str, *, resume: bool) -> Path:
+def check_experiment_dir(cfg: Config, *, resume: bool) -> Location:
     """A new experiment never overwrites an old one; a resumed one must exist."""
-    exp_dir = Path(storage) / name
-    if "://" not in storage:
-        if exp_dir.exists() and not resume:
-            raise ConfigError(
-                f"experiment '{name}' already exists in {storage}; "
-                f"use --resume {exp_dir} to continue it or --name to start another"
-            )
-        if resume and not exp_dir.is_dir():
-            raise ConfigError(f"cannot resume {exp_dir}: no such experiment directory")
-    return exp_dir
+    exp = cfg.storage.experiment
+    if not resume and exp.exists():
+        raise ConfigError(
+            f"experiment '{cfg.storage.name}' already exists in {cfg.storage.location}; "
+            f"use --resume {shlex.quote(exp.uri)} to continue it or --name to start another"
+        )
+    if resume and not exp.is_dir():
+        raise ConfigError(f"cannot resume {exp}: no such experiment directory")
+    return exp
 
 
 def prepare_run(
     cfg: Config, *, address: str | None, resume: bool, preflight: bool
-) -> tuple[str, Path, int]:
-    """Every check that can fail before a trial starts, then Ray: (storage, experiment dir,
-    trials that fit at once)."""
+) -> tuple[Location, int]:
+    """Every check that can fail before a trial starts, then Ray: (experiment directory, trials
+    that fit at once)."""
     from raymmft.cluster import check_storage, cluster_summary
 
-    storage = resolve_storage(cfg.storage.path)
-    exp_dir = check_experiment_dir(storage, cfg.storage.name, resume=resume)
+    # Absolute from here on: trials run in other processes, with other working directories.
+    cfg.storage.path = cfg.storage.location.uri
+    exp = check_experiment_dir(cfg, resume=resume)
     if preflight:
         from raymmft.preflight import preflight as check_inputs
 
         check_inputs(cfg)
+    storage = cfg.storage.location
     if not joins_cluster(address):  # checked before Ray starts here
         concurrent_trials(cfg, local_resources())
         check_storage(storage, num_nodes=1, shared=cfg.storage.shared)
@@ -295,43 +347,35 @@ def prepare_run(
     if joins_cluster(address):
         check_storage(storage, num_nodes=cluster.reachable_nodes, shared=cfg.storage.shared)
     fits = concurrent_trials(cfg, cluster.reachable_resources(ray.cluster_resources()))
-    if not resume and "://" not in storage:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-    return storage, exp_dir, fits
+    if not resume:
+        exp.join(CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    return exp, fits
 
 
 def run_search(
     cfg: Config, *, address: str | None = None, resume: bool = False, preflight: bool = True
 ):
     """Run (or resume) the search; return Ray's ``ResultGrid``."""
-    storage, exp_dir, max_concurrent = prepare_run(
-        cfg, address=address, resume=resume, preflight=preflight
-    )
-    experiment = cfg.storage.name
+    exp, max_concurrent = prepare_run(cfg, address=address, resume=resume, preflight=preflight)
     trainable = tune.with_resources(
-        tune.with_parameters(
-            trial_driver, base=cfg.to_dict(), storage=storage, experiment=experiment
-        ),
-        {"cpu": 0, "memory": 1},
+        tune.with_parameters(trial_driver, base=cfg.to_dict()), {"cpu": 0, "memory": 1}
     )
     if resume:
         tuner = tune.Tuner.restore(
-            str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=False
+            exp.uri, trainable=trainable, resume_unfinished=True, restart_errored=False
         )
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(cfg),
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(cfg),
+                search_alg=make_searcher(cfg, max_concurrent),
                 scheduler=make_scheduler(cfg),
                 num_samples=cfg.search.num_samples,
-                max_concurrent_trials=max_concurrent,
             ),
             run_config=tune.RunConfig(
-                name=experiment,
-                storage_path=storage,
+                name=cfg.storage.name,
+                storage_path=cfg.storage.location.uri,
                 verbose=1,
                 # Tune's own TensorBoard logger would write a second HParams entry per trial that
                 # TensorBoard may pick over the trial's own (tensorboard/<trial_id>); keep JSON/CSV.
@@ -348,38 +392,24 @@ def run_train(
     cfg: Config, *, address: str | None = None, resume: bool = False, preflight: bool = True
 ):
     """One fine-tuning run at the config's fixed values; returns Ray Train's ``Result``."""
-    storage, _, _ = prepare_run(cfg, address=address, resume=resume, preflight=preflight)
+    exp, _ = prepare_run(cfg, address=address, resume=resume, preflight=preflight)
     return make_trainer(
         cfg,
-        storage=storage,
+        storage=cfg.storage.location,
         name=cfg.storage.name,
-        cache=cache_dir(storage),
-        tensorboard_dir=f"{storage}/{cfg.storage.name}/{TENSORBOARD_DIR}/run",
+        cache=cache_location(cfg),
+        tensorboard_dir=exp.join(TENSORBOARD_DIR, "run"),
     ).fit()
 
 
-def evaluate_remote(cfg: Config, checkpoint_path: str, *, on: str = "test"):
-    """Evaluate a checkpoint in a Ray task with one worker's resources (a GPU when trials use one)."""
-    from raymmft.summary import evaluate_checkpoint
+def evaluate_remote(cfg: Config, checkpoint: str | Location, *, on: str = "test"):
+    """Evaluate a checkpoint (a directory on the experiment's storage) in a Ray task with one
+    worker's resources (a GPU when trials use one)."""
+    from raymmft.loop import evaluate_checkpoint
 
     task = ray.remote(
         num_cpus=min(1.0, cfg.resources.cpus_per_worker),
         num_gpus=cfg.resources.gpus_per_worker if cfg.resources.use_gpu else 0,
     )(evaluate_checkpoint)
-    storage = resolve_storage(cfg.storage.path)
-    return ray.get(task.remote(cfg, checkpoint_path, on=on, cache_dir=cache_dir(storage)))
-
-
-def unfinished_trials(exp_dir: Path) -> list[str]:
-    """Trial ids that neither terminated nor errored, from Tune's newest experiment state
-    (after Ctrl-C or a crash these continue on ``--resume``)."""
-    states = sorted(exp_dir.glob("experiment_state-*.json"))
-    if not states:
-        return []
-    data = json.loads(states[-1].read_text())
-    out = []
-    for trial_json, _runtime in data.get("trial_data", []):
-        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-        if trial.get("status") not in ("TERMINATED", "ERROR"):
-            out.append(trial.get("trial_id"))
-    return out
+    checkpoint = Location.parse(checkpoint).uri
+    return ray.get(task.remote(cfg, checkpoint, on=on, cache_dir=cache_location(cfg).uri))

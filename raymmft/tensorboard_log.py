@@ -32,10 +32,11 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from numbers import Number
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from raymmft.storage import Location
 
 # metric reported by run_training -> TensorBoard tag
 TRAIN_TAGS: dict[str, str] = {
@@ -62,15 +63,6 @@ METRIC_TAGS: tuple[str, ...] = (
 # Always in the HParams entry when the config has them (the method's three knobs).
 CORE_HPARAMS: tuple[str, ...] = ("train.lam", "model.temperature", "train.lr")
 LAM_KEY = "train.lam"
-
-
-def storage_filesystem(uri: str):
-    """``(pyarrow filesystem, path on it)`` for a local path or any pyarrow-filesystem URI."""
-    from pyarrow import fs
-
-    if "://" not in uri:
-        return fs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
-    return fs.FileSystem.from_uri(uri)
 
 
 def hparams_of(config: Any, searched_keys: Sequence[str]) -> dict[str, Any]:
@@ -114,7 +106,7 @@ class TrialWriter:
 
     def __init__(
         self,
-        destination: str,
+        destination: str | Location,
         hparams: Mapping[str, Any],
         *,
         ood_sets: Sequence[str] = (),
@@ -123,7 +115,7 @@ class TrialWriter:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        self.destination = destination
+        self.destination = Location.parse(destination)
         self.hparams = {k: _hparam_value(v) for k, v in hparams.items()}
         lam = hparams.get(LAM_KEY)
         self._lam = float(lam) if _is_number(lam) else None
@@ -187,17 +179,8 @@ class TrialWriter:
 
     def sync(self) -> None:
         """Flush and copy the staging directory to the destination (overwriting earlier copies)."""
-        from pyarrow import fs
-
         self._writer.flush()
-        dest_fs, dest_path = storage_filesystem(self.destination)
-        dest_fs.create_dir(dest_path, recursive=True)
-        fs.copy_files(
-            self.staging_dir,
-            dest_path,
-            source_filesystem=fs.LocalFileSystem(),
-            destination_filesystem=dest_fs,
-        )
+        self.destination.upload_dir(self.staging_dir)
 
     def close(self, final_metrics: Mapping[str, Any] | None = None) -> None:
         """Log ``final_metrics`` as an evaluation unless its step was logged already, mark the

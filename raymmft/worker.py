@@ -10,18 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from pathlib import Path
 
 import ray.train
 import ray.train.torch
-import torch
 
+from raymmft.checkpoint import load_state, save_state
 from raymmft.config import Config
 
 # raymmft.loop (open_clip, the model, the data) is imported inside train_fn_per_worker: the trial
 # driver imports this module only to hand the function to TorchTrainer (saves ~2 s per trial).
 
-CHECKPOINT_FILE = "state.pt"
 # Fault injection for tests: RAYMMFT_FAULT="RANK:STEP[:KIND]" makes that rank fail at that global
 # step (KIND "exit": the process dies; "nan": the batch becomes NaN). It fires once: the rank
 # creates the file RAYMMFT_FAULT_MARKER first, and an existing marker disarms it.
@@ -29,18 +27,10 @@ FAULT_ENV = "RAYMMFT_FAULT"
 FAULT_MARKER_ENV = "RAYMMFT_FAULT_MARKER"
 
 
-def save_checkpoint(state: dict, directory: Path) -> Path:
-    """Write ``state`` so that a crash mid-write never leaves a file that loads as valid."""
-    path = directory / CHECKPOINT_FILE
-    tmp = directory / f".{CHECKPOINT_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def load_checkpoint(checkpoint: ray.train.Checkpoint) -> dict:
+    """The training state of a Ray Train checkpoint (downloaded from its storage)."""
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return load_state(d)
 
 
 def _fault():
@@ -63,7 +53,7 @@ def _report(metrics: dict, state: dict | None) -> None:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="raymmft-ckpt-") as d:
-        save_checkpoint(state, Path(d))
+        save_state(state, d)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 

@@ -306,8 +306,17 @@ def test_unwritable_local_storage_names_the_path(tmp_path):
 
 def test_uri_storage_is_written_once_and_cleaned_up(tmp_path):
     target = tmp_path / "bucket" / "raymmft"
-    check_storage(f"file://{target}", num_nodes=4)  # a URI is shared storage
+    check_storage(f"file://{target}", num_nodes=1)
     assert target.is_dir() and list(target.iterdir()) == []
+
+
+def test_file_uri_is_local_storage(tmp_path):
+    """file:// names each node's own disk, as a plain path does: shared only when declared."""
+    uri = f"file://{tmp_path / 'results'}"
+    with pytest.raises(ConfigError, match=rf"^storage '{re.escape(uri)}' is a local path but"):
+        check_storage(uri, num_nodes=4)
+    check_storage(uri, num_nodes=4, shared=True)
+    assert (tmp_path / "results").is_dir()
 
 
 def test_unwritable_uri_storage_names_the_uri(tmp_path):
@@ -320,7 +329,7 @@ def test_unwritable_uri_storage_names_the_uri(tmp_path):
     )
     uri = f"file://{tmp_path / 'a-file' / 'raymmft'}"
     with pytest.raises(ConfigError, match=rf"^storage '{re.escape(uri)}' is not writable \("):
-        check_storage(uri, num_nodes=2)
+        check_storage(uri, num_nodes=1)
 
 
 def test_storage_inside_a_jobs_working_dir_is_an_error():

@@ -6,9 +6,10 @@ import open_clip
 import pytest
 import torch
 
+from raymmft.checkpoint import load_weights
 from raymmft.errors import ModelError
 from raymmft.losses import cma_loss
-from raymmft.model import BUILTIN_ARCHS, build_model, clamp_logit_scale, load_weights
+from raymmft.model import BUILTIN_ARCHS, build_model, clamp_logit_scale
 from raymmft.text import (
     PAPER_TEMPLATES,
     format_prompts,

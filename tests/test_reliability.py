@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from raymmft.config import validate_config
+from raymmft.storage import Location
 
 pytestmark = pytest.mark.ray
 
@@ -69,12 +70,13 @@ def test_killed_worker_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert ckpts, "the resumed run kept checkpointing"
 
 
-def _states(exp_dir: Path) -> dict[str, str]:
-    states = sorted(exp_dir.glob("experiment_state-*.json"))
-    if not states:
+def _states(exp: Location) -> dict[str, str]:
+    """trial_id -> status from Tune's newest saved experiment state (local or in a bucket)."""
+    names = sorted(n for n in exp.children() if n.startswith("experiment_state-"))
+    if not names:
         return {}
     try:
-        data = json.loads(states[-1].read_text())
+        data = json.loads(exp.join(names[-1]).read_text())
     except json.JSONDecodeError:  # being written
         return {}
     out = {}
@@ -84,11 +86,18 @@ def _states(exp_dir: Path) -> dict[str, str]:
     return out
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _result_file(exp: Location, trial_id: str) -> Location:
+    (name,) = [n for n in exp.children() if n.startswith(f"trial_driver_{trial_id}_")]
+    return exp.join(name, "result.json")
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+def _digest(location: Location) -> str:
+    return hashlib.sha256(location.read_bytes()).hexdigest()
+
+
+def kill_driver_and_resume(tmp_path: Path, storage: str, env: dict[str, str]) -> None:
+    """Kill a search's driver (and the Ray it started) after its first finished trial, resume it:
+    the finished trials are not re-run, every trial ends, the searcher keeps its history."""
     raw = {
         **RAW,
         "train": {**RAW["train"], "epochs": 2},
@@ -104,12 +113,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     }
     cfg_path = tmp_path / "resume.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
-    storage = tmp_path / "results"
-    exp_dir = storage / "resume"
+    exp = Location.parse(storage).join("resume")
     cli = [sys.executable, "-m", "raymmft.cli", "search"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(
-        [*cli, str(cfg_path), "--storage", str(storage)],
+        [*cli, str(cfg_path), "--storage", storage],
         cwd=ROOT,
         env=env,
         start_new_session=True,
@@ -118,21 +126,21 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     )
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and "TERMINATED" not in _states(exp_dir).values():
+        while time.time() < deadline and "TERMINATED" not in _states(exp).values():
             assert driver.poll() is None, "the search ended before it could be killed"
             time.sleep(1)
-        before = _states(exp_dir)
+        before = _states(exp)
         assert "TERMINATED" in before.values(), "no trial finished within 5 minutes"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
         driver.wait()
     finished = [t for t, s in before.items() if s == "TERMINATED"]
-    result_files = {t: next(exp_dir.glob(f"trial_driver_{t}_*")) / "result.json" for t in finished}
+    result_files = {t: _result_file(exp, t) for t in finished}
     digests = {t: _digest(p) for t, p in result_files.items()}
     time.sleep(2)
 
     resumed = subprocess.run(
-        [*cli, "--resume", str(exp_dir)],
+        [*cli, "--resume", exp.uri],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -140,20 +148,26 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = _states(exp_dir)
+    after = _states(exp)
     assert len(after) == 3 and set(after.values()) == {"TERMINATED"}, after
     assert set(before) <= set(after)
     for t, path in result_files.items():
         assert _digest(path) == digests[t], f"finished trial {t} was re-run"
     for t in after:
-        lines = (next(exp_dir.glob(f"trial_driver_{t}_*")) / "result.json").read_text().splitlines()
+        lines = _result_file(exp, t).read_text().splitlines()
         epochs = [json.loads(line)["epoch"] for line in lines]
         assert epochs[-1] == 2 and epochs == sorted(epochs), (t, epochs)
 
     from ray.tune.search.optuna import OptunaSearch
 
+    local = tmp_path / "restored"
+    exp.download_dir(local)  # the searcher's state, wherever the experiment lives
     searcher = OptunaSearch()
-    searcher.restore_from_dir(str(exp_dir))
+    searcher.restore_from_dir(str(local))
     states = [t.state.name for t in searcher._ot_study.trials]
     assert states.count("COMPLETE") == 3, "the restored searcher kept its history"
     assert "best trial" in resumed.stdout and "trials.parquet" in resumed.stdout
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    kill_driver_and_resume(tmp_path, str(tmp_path / "results"), {})

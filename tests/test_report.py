@@ -16,8 +16,10 @@ from PIL import Image
 
 from raymmft.commands import report as report_command
 from raymmft.errors import RaymmftError
-from raymmft.pareto import pareto_front
-from raymmft.report import read_experiment, report_rows, write_report
+from raymmft.results.experiment import read_experiment
+from raymmft.results.pareto import pareto_front
+from raymmft.results.report import write_report
+from raymmft.results.rows import trial_rows
 
 RED = np.array([0xD6, 0x27, 0x28])  # the front's colour in pareto.png
 
@@ -282,7 +284,7 @@ def test_result_lines_newer_than_the_saved_state_win(tmp_path):
     config = TRIALS["aaaa0005"][1]
     final = _result("aaaa0005", config, 3, 0.85, 0.91, done=True)
     result.write_text(result.read_text() + json.dumps(final) + "\n")
-    row = next(r for r in report_rows(read_experiment(str(exp))) if r["trial_id"] == "aaaa0005")
+    row = next(r for r in trial_rows(read_experiment(str(exp))) if r["trial_id"] == "aaaa0005")
     assert (row["status"], row["stop_reason"], row["epochs"]) == ("TERMINATED", "completed", 3)
     assert (row["id_acc"], row["ood_auroc"]) == (0.85, 0.91)
 
@@ -336,6 +338,31 @@ def test_mixed_type_choice_is_stored_as_strings(tmp_path):
     rows = pq.read_table(write_report(str(exp)).trials_parquet).to_pylist()
     values = {r["trial_id"]: r.get("param.train.schedule") for r in rows}
     assert values["aaaa0001"] == "cosine" and values["aaaa0002"] == "3"
+
+
+def test_unfinished_trials_from_experiment_state(tmp_path):
+    def trial(tid, status):
+        return [json.dumps({"trial_id": tid, "status": status}), "{}"]
+
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": [trial("a", "TERMINATED")]})
+    )
+    (tmp_path / "experiment_state-2026-01-01_00-00-09.json").write_text(
+        json.dumps(
+            {
+                "trial_data": [
+                    trial("a", "TERMINATED"),
+                    trial("b", "RUNNING"),
+                    trial("c", "ERROR"),
+                    trial("d", "PENDING"),
+                ]
+            }
+        )
+    )
+    assert read_experiment(tmp_path).unfinished() == ["b", "d"]
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "raymmft_config.json").write_text("{}")
+    assert read_experiment(tmp_path / "fresh").unfinished() == []
 
 
 # ---------------------------------------------------------------- the plots

@@ -120,7 +120,7 @@ def test_two_workers_per_trial(search):
         assert (by_lr[lr]["world_size"] == 2).all()
     runs = sorted(p for p in (exp_dir / "train_runs").iterdir() if not p.name.startswith("."))
     assert len(runs) == 3
-    from raymmft.worker import CHECKPOINT_FILE
+    from raymmft.checkpoint import CHECKPOINT_FILE
 
     for run in runs:
         ckpts = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())

@@ -1,5 +1,5 @@
 """The search layer's pure pieces, without starting Ray: search space → Tune/Optuna, resources →
-concurrent trials, failure reasons, interrupted-experiment detection."""
+concurrent trials, failure reasons, a resumed searcher agreeing with the restored trials."""
 
 import json
 from pathlib import Path
@@ -17,8 +17,8 @@ from raymmft.search import (
     make_scheduler,
     make_searcher,
     num_reports,
+    optuna_search,
     param_space,
-    unfinished_trials,
 )
 
 DEMO = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
@@ -41,7 +41,7 @@ def test_searcher_is_seeded_and_multi_objective():
     cfg = load_config(DEMO, ["search.sampler=random", "search.seed=7"])
     draws = []
     for _ in range(2):
-        searcher = make_searcher(cfg)
+        searcher = optuna_search(cfg)
         searcher.set_search_properties(None, None, param_space(cfg))
         draws.append([searcher.suggest(f"t{i}")["train"]["lam"] for i in range(3)])
     assert draws[0] == draws[1], "same seed, same trials"
@@ -57,7 +57,7 @@ def test_initial_points_come_first():
             "search.initial_points=[{train.lam: 0.5, train.lr: 0.2}, {train.lam: 0.01, train.lr: 0.1}]",
         ],
     )
-    searcher = make_searcher(cfg)
+    searcher = optuna_search(cfg)
     searcher.set_search_properties(None, None, param_space(cfg))
     first = [searcher.suggest(f"t{i}")["train"] for i in range(3)]
     assert first[:2] == [{"lam": 0.5, "lr": 0.2}, {"lam": 0.01, "lr": 0.1}]
@@ -116,24 +116,60 @@ def test_failure_reason_names_rank_and_exception():
     assert failure_reason(remote) == "worker rank 0: KeyError: 'lr'"
 
 
-def test_unfinished_trials_from_experiment_state(tmp_path):
-    def trial(tid, status):
-        return [json.dumps({"trial_id": tid, "status": status}), "{}"]
+def _state_file(directory: Path, trials: dict[str, tuple[str, dict, dict]]) -> None:
+    """An experiment state as Tune writes it: trial_id -> (status, config, last_result)."""
+    data = [
+        [
+            json.dumps({"trial_id": tid, "status": status, "config": config}),
+            json.dumps({"num_failures": 0, "last_result": result}),
+        ]
+        for tid, (status, config, result) in trials.items()
+    ]
+    path = directory / "experiment_state-2026-12-01_00-00-00.json"
+    path.write_text(json.dumps({"trial_data": data}))
 
-    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(
-        json.dumps({"trial_data": [trial("a", "TERMINATED")]})
-    )
-    (tmp_path / "experiment_state-2026-01-01_00-00-09.json").write_text(
-        json.dumps(
-            {
-                "trial_data": [
-                    trial("a", "TERMINATED"),
-                    trial("b", "RUNNING"),
-                    trial("c", "ERROR"),
-                    trial("d", "PENDING"),
-                ]
-            }
-        )
-    )
-    assert unfinished_trials(tmp_path) == ["b", "d"]
-    assert unfinished_trials(tmp_path / "empty") == []
+
+def _resumable(cfg, total):
+    alg = make_searcher(cfg, max_concurrent=2)
+    alg.set_search_properties(None, None, param_space(cfg))
+    alg._total_samples = total  # what add_configurations sets from num_samples
+    return alg
+
+
+def test_resumed_search_agrees_with_the_trials_tune_restores(tmp_path):
+    """A driver killed while its state was uploading: the experiment state knows trial b, the
+    searcher's (older) state does not; the searcher's newer state knew c, the experiment state
+    does not. After restore the searcher follows the experiment state."""
+    cfg = load_config(DEMO, ["search.sampler=random", "search.objectives=[{metric: id_acc}]"])
+    alg = _resumable(cfg, 3)
+    limiter = alg.searcher
+    a = limiter.suggest("a")
+    alg._counter = 1
+    limiter.on_trial_complete("a", result={"id_acc": 0.5, "config": a})
+    alg.save_to_dir(str(tmp_path), session_str="s")  # the searcher state that reached storage
+    b = limiter.suggest("b")
+    _state_file(tmp_path, {"a": ("TERMINATED", a, {"id_acc": 0.5}), "b": ("PENDING", b, {})})
+
+    resumed = _resumable(cfg, 3)
+    resumed.restore_from_dir(str(tmp_path))
+    base = resumed.searcher.searcher
+    assert resumed._counter == 2 and not resumed.is_finished()
+    assert resumed.searcher.live_trials == {"b"}
+    assert base._ot_trials["b"].params == {
+        k.replace(".", "/"): v for k, v in flatten_params(b).items()
+    }
+    resumed.searcher.on_trial_complete("b", result={"id_acc": 0.7})  # a KeyError before
+    study = base._ot_study
+    assert sorted(t.values[0] for t in study.trials if t.state.name == "COMPLETE") == [0.5, 0.7]
+    resumed._counter += 1  # the third and last trial
+    assert resumed.is_finished()
+
+    # the other way round: the searcher suggested c, the experiment state never recorded it
+    alg.searcher.suggest("c")
+    alg._counter = 3
+    alg.save_to_dir(str(tmp_path), session_str="s")
+    again = _resumable(cfg, 3)
+    again.restore_from_dir(str(tmp_path))
+    states = {t.number: t.state.name for t in again.searcher.searcher._ot_study.trials}
+    assert again._counter == 2 and list(states.values()).count("FAIL") == 1
+    assert "c" not in again.searcher.live_trials

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from raymmft.errors import ConfigError, ModelError
 
@@ -33,7 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--arch", required=True, help="architecture, e.g. raymmft-tiny or ViT-B-16")
     model.add_argument("--pretrained", help="open_clip pretrained tag or a local weights file")
-    model.add_argument("--checkpoint", help="raymmft checkpoint (or state dict) to evaluate")
+    model.add_argument(
+        "--checkpoint",
+        help="raymmft checkpoint directory, its state.pt, or a state dict file; a local path or "
+        "a URI (s3://, gs://, file://)",
+    )
     model.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype"
     )
@@ -160,14 +163,19 @@ def _check_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     scores, primary, templates, id_spec, ood_specs, params = _check_args(args)
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise ModelError(f"checkpoint file not found: {args.checkpoint}")
+    if args.checkpoint:
+        from raymmft.checkpoint import state_file
+
+        checkpoint = state_file(args.checkpoint)
+        if not checkpoint.is_file():
+            raise ModelError(f"checkpoint file not found: {checkpoint}")
 
     import torch
 
+    from raymmft.checkpoint import load_weights
     from raymmft.data import build_loader, open_dataset
     from raymmft.evaluate import evaluate, format_table, prepare_negatives, write_json
-    from raymmft.model import build_model, load_weights
+    from raymmft.model import build_model
 
     device = args.device
     if device == "auto":

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymmft.report import write_report
+    from raymmft.results.report import write_report
 
     paths = write_report(args.experiment, args.out, top=args.top)
     print(paths.table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,31 +45,64 @@ def load_for_run(args: argparse.Namespace):
         return load_experiment_config(args.resume)
     if not args.config:
         raise ConfigError("give a CONFIG file, or --resume EXPERIMENT")
-    overrides = list(args.overrides)
-    if args.name:
-        overrides.append(f"storage.name={args.name}")
-    if args.storage:
-        overrides.append(f"storage.path={args.storage}")
-    return load_config(args.config, overrides)
+    fields = {}
+    if args.name is not None:
+        fields["storage.name"] = args.name
+    if args.storage is not None:
+        fields["storage.path"] = args.storage
+    return load_config(args.config, args.overrides, fields=fields)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_for_run(args)
-    from raymmft.search import experiment_dir, run_search, unfinished_trials
-    from raymmft.summary import print_search_summary
+    from raymmft.results.experiment import read_experiment
+    from raymmft.results.report import write_report
+    from raymmft.search import run_search
 
-    grid = run_search(cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight)
-    exp_dir = experiment_dir(cfg)
-    pending = unfinished_trials(exp_dir) if "://" not in str(exp_dir) else []
+    run_search(cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight)
+    exp = read_experiment(cfg.storage.experiment)
+    pending = exp.unfinished()
     if pending:
         print(
             f"search interrupted with {len(pending)} unfinished trial(s); nothing is lost. "
-            f"Resume with: raymmft search --resume {exp_dir}"
+            f"Resume with: raymmft search --resume {shlex.quote(exp.location.uri)}"
         )
         return 130
-    print_search_summary(cfg, grid)
-    from raymmft.report import write_report
-
+    print_search_summary(cfg, exp)
     print()
-    print(write_report(str(exp_dir)).describe())
+    print(write_report(exp.location).describe())
     return 0
+
+
+def print_search_summary(cfg, exp) -> None:
+    """The trial table (the report's rows), the best configuration, and its evaluation on the OoD
+    *test* sets, in a Ray task with one worker's resources."""
+    from raymmft.config import apply_trial_params
+    from raymmft.evaluate import format_table as format_evaluation
+    from raymmft.evaluate import write_json
+    from raymmft.results.experiment import TEST_EVALUATION_FILE
+    from raymmft.results.rows import best_row, format_trials, searched_params, trial_rows
+    from raymmft.search import evaluate_remote
+
+    rows = trial_rows(exp)
+    print()
+    print(format_trials(rows))
+    best = best_row(rows, cfg.search.score_weight)
+    if best is None:
+        print("\nno trial reported id_acc and ood_auroc; nothing to choose")
+        return
+    params = searched_params(best)
+    print(
+        f"\nbest trial {best['trial_id']} (Pareto front, highest ood_auroc + "
+        f"{cfg.search.score_weight:g} * id_acc):"
+    )
+    for k, v in sorted(params.items()):
+        print(f"  {k} = {v}")
+    print(f"  checkpoint: {best['checkpoint_path']}")
+    if cfg.data.ood_test and best["checkpoint_path"]:
+        result = evaluate_remote(apply_trial_params(cfg, params), best["checkpoint_path"])
+        print("\nbest trial on the OoD *test* sets (never seen by the search):")
+        print(format_evaluation(result))
+        chosen = {"trial_id": best["trial_id"], "params": params}
+        chosen["checkpoint"] = best["checkpoint_path"]
+        write_json(result, exp.location.join(TEST_EVALUATION_FILE), chosen)

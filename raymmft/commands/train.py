@@ -16,10 +16,29 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_for_run(args)
     from raymmft.search import run_train
-    from raymmft.summary import print_train_summary
 
     result = run_train(
         cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight
     )
     print_train_summary(cfg, result)
     return 0
+
+
+def print_train_summary(cfg, result) -> None:
+    """The last report's main metrics, the checkpoint, and its evaluation on the OoD test sets."""
+    from raymmft.evaluate import format_table as format_evaluation
+    from raymmft.results.rows import format_table
+    from raymmft.search import evaluate_remote
+
+    m = result.metrics or {}
+    keys = ["epoch", "id_acc", "ood_auroc", "ood_fpr95", "modality_gap", "logit_scale"]
+    keys.append("train_loss")
+    print()
+    print(format_table([{k: m.get(k) for k in keys}], keys))
+    if result.checkpoint is None:
+        return
+    checkpoint = cfg.storage.experiment.with_fs_path(result.checkpoint.path)
+    print(f"checkpoint: {checkpoint}")
+    if cfg.data.ood_test:
+        print("\nOoD *test* sets:")
+        print(format_evaluation(evaluate_remote(cfg, checkpoint.uri)))

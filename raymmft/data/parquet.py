@@ -29,7 +29,8 @@ from raymmft.data.dataset import EncodedImageDataset, decode_image, image_proble
 from raymmft.data.imagefolder import find_unreadable, read_classnames_file, scan_image_folder
 from raymmft.data.selection import select_samples
 from raymmft.data.spec import DatasetSpec
-from raymmft.errors import DataError
+from raymmft.errors import DataError, StorageError
+from raymmft.storage import Location
 
 CLASSNAMES_KEY = b"raymmft.classnames"
 SHARD_NAME = "part-{:05d}.parquet"
@@ -41,16 +42,16 @@ def strip_scheme(uri: str) -> str:
 
 
 def resolve_location(location: str, *, must_exist: bool = True) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and path of a local path or a URI (``s3://``, ``gs://``, ``file://`` ...)."""
-    if "://" in location:
-        try:
-            return pafs.FileSystem.from_uri(location)
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise DataError(f"cannot open parquet location {location}: {exc}") from None
-    path = Path(location).expanduser()
-    if must_exist and not path.exists():
-        raise DataError(f"dataset path does not exist: {path}")
-    return pafs.LocalFileSystem(), str(path.absolute())
+    """The filesystem and path of a local path or a URI (``s3://``, ``gs://``, ``file://`` ...),
+    opened as every raymmft location is (``raymmft.storage``)."""
+    try:
+        resolved = Location.parse(location)
+        missing = must_exist and resolved.is_local and not resolved.exists()
+        if missing:
+            raise DataError(f"dataset path does not exist: {resolved.local_path}")
+        return resolved.filesystem, resolved.fs_path
+    except StorageError as exc:
+        raise DataError(f"cannot open parquet location {location}: {exc}") from None
 
 
 def classnames_metadata(classnames: Sequence[str]) -> dict[bytes, bytes]:

@@ -17,9 +17,9 @@ the mining parameters.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,6 +31,7 @@ from torch import Tensor
 from raymmft.errors import ConfigError
 from raymmft.ood.corpus import WordCorpus, corpus_from_words, load_wordnet_corpus
 from raymmft.ood.embed import DEFAULT_TEXT_BATCH_SIZE, TextEncoder, average_templates, class_prompts
+from raymmft.storage import Location
 
 EncodeText = Callable[[Sequence[str]], Tensor]
 
@@ -316,7 +317,7 @@ def mine_negative_labels(
             adj_template=adj_template,
             id_templates=id_templates,
         )
-        cache_path = Path(cache_dir) / f"neglabel-{fingerprint[:24]}.pt"
+        cache_path = Location.parse(cache_dir).join(f"neglabel-{fingerprint[:24]}.pt")
         cached = _load_cache(cache_path, fingerprint)
         if cached is not None:
             return cached
@@ -386,12 +387,12 @@ def encode_negative_labels(
     return F.normalize(encode(list(prompts)).float().cpu(), dim=-1)
 
 
-def _load_cache(path: Path, fingerprint: str) -> NegativeLabels | None:
-    if not path.is_file():
-        return None
+def _load_cache(location: Location, fingerprint: str) -> NegativeLabels | None:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a torn or foreign file is a miss, and is overwritten
+        if not location.is_file():
+            return None
+        data = torch.load(io.BytesIO(location.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception:  # a torn, foreign or unreadable file is a miss, and is overwritten
         return None
     if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
         return None
@@ -406,9 +407,9 @@ def _load_cache(path: Path, fingerprint: str) -> NegativeLabels | None:
     )
 
 
-def _save_cache(path: Path, result: NegativeLabels) -> None:
-    """Write atomically (temp file + rename): several workers may mine the same set at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save_cache(location: Location, result: NegativeLabels) -> None:
+    """Written whole or not at all (``Location.write_bytes``): several workers may mine the same
+    set at once, on a local disk, NFS or a bucket."""
     payload = {
         "fingerprint": result.fingerprint,
         "words": result.words,
@@ -417,11 +418,6 @@ def _save_cache(path: Path, result: NegativeLabels) -> None:
         "affinity": result.affinity,
         "features": result.features,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    location.write_bytes(buffer.getvalue())

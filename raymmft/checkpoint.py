@@ -1,0 +1,89 @@
+"""The checkpoint format: one ``state.pt`` per checkpoint directory, written atomically, loaded with
+``torch.load(weights_only=True)``.
+
+A training state (``FineTuner.state_dict``) holds ``arch``, ``model``, ``optimizer``, ``scheduler``,
+``scaler``, ``epoch``, ``step`` and ``rng``; everything is a tensor, a number, a string or a
+container of them, so loading never runs pickled code. Checkpoint directories live on any storage
+(``raymmft.storage``): Ray Train uploads them, and everything that reads one back (resume, the best
+trial's test evaluation, ``raymmft evaluate --checkpoint``) goes through this module, with or
+without Ray.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+
+from raymmft.errors import ModelError, StorageError
+from raymmft.storage import Location
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def save_state(state: dict, directory: str | os.PathLike) -> Path:
+    """Write ``state`` into the local ``directory`` so that a crash mid-write never leaves a file
+    that loads as valid (a temporary file renamed into place)."""
+    path = Path(directory) / CHECKPOINT_FILE
+    tmp = path.with_name(f".{CHECKPOINT_FILE}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def state_file(checkpoint: str | Location) -> Location:
+    """The ``state.pt`` of a checkpoint directory; a location that is not a directory is kept."""
+    location = Location.parse(checkpoint)
+    return location.join(CHECKPOINT_FILE) if location.is_dir() else location
+
+
+def read_torch_file(location: str | Location, what: str = "checkpoint") -> object:
+    """``torch.load(weights_only=True)`` of a file on any storage; a missing, unreadable or unsafe
+    file is a ``ModelError`` naming it."""
+    location = Location.parse(location)
+    if not location.is_file():
+        raise ModelError(f"{what} file not found: {location}")
+    try:
+        data = location.read_bytes()
+    except StorageError as exc:
+        raise ModelError(str(exc)) from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot read {what} {location}: {reason}") from None
+
+
+def load_state(checkpoint: str | Location) -> dict:
+    """The training state in a checkpoint directory (or its ``state.pt``), on any storage."""
+    location = state_file(checkpoint)
+    state = read_torch_file(location)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ModelError(f"checkpoint {location} holds no model state dict")
+    return state
+
+
+def load_weights(model: torch.nn.Module, checkpoint: str | Location, *, arch: str) -> None:
+    """Load a raymmft checkpoint's model weights (a checkpoint directory, its ``state.pt``, or a
+    bare state dict file, on any storage) into ``model``; a checkpoint of another architecture or
+    one that does not fit ``model`` is a clear error."""
+    location = state_file(checkpoint)
+    payload = read_torch_file(location)
+    state = payload.get("model", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise ModelError(f"checkpoint {location} holds no model state dict")
+    saved_arch = payload.get("arch")
+    if saved_arch is not None and saved_arch != arch:
+        raise ModelError(f"checkpoint {location} is for architecture '{saved_arch}', not '{arch}'")
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    if bad or missing:
+        first = (bad or missing)[0]
+        raise ModelError(
+            f"checkpoint {location} does not fit architecture '{arch}' "
+            f"({len(bad)} mismatched and {len(missing)} missing tensors, e.g. '{first}')"
+        )
+    model.load_state_dict(state)

@@ -1,0 +1,131 @@
+"""The report's figures: matplotlib ``Figure`` objects (no pyplot: no global state, any backend)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+from raymmft.results.experiment import Experiment
+from raymmft.results.rows import FINISHED, to_float
+
+
+def png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _short_params(row: dict, limit: int = 3) -> str:
+    parts = []
+    for k, v in row.items():
+        if k.startswith("param.") and len(parts) < limit:
+            name = k.rsplit(".", 1)[-1]
+            parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
+    return ", ".join(parts)
+
+
+def plot_pareto(rows: list[dict], best: dict | None, title: str):
+    """Every trial in (ID accuracy, OoD AUROC), the front highlighted with its attainment
+    boundary, the best annotated; hollow markers for trials not finished (running, errored).
+    Returns a matplotlib ``Figure`` (no pyplot: no global state, any backend)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5.5), dpi=110)
+    ax = fig.subplots()
+    valid = [r for r in rows if not (math.isnan(r["id_acc"]) or math.isnan(r["ood_auroc"]))]
+    front = sorted((r for r in valid if r.get("pareto")), key=lambda r: r["id_acc"])
+    done = [r for r in valid if not r.get("pareto") and r["stop_reason"] in FINISHED]
+    unfinished = [r for r in valid if not r.get("pareto") and r["stop_reason"] not in FINISHED]
+
+    def xy(rs):
+        return [r["id_acc"] for r in rs], [r["ood_auroc"] for r in rs]
+
+    ax.scatter(*xy(done), s=40, c="#9e9e9e", label=f"dominated ({len(done)})", zorder=2)
+    if unfinished:
+        ax.scatter(
+            *xy(unfinished),
+            s=40,
+            facecolors="none",
+            edgecolors="#616161",
+            label=f"dominated, running or errored ({len(unfinished)})",
+            zorder=2,
+        )
+    if front:
+        # the attainment boundary: everything below and left of it is dominated
+        ax.step(*xy(front), where="pre", c="#d62728", lw=1.2, ls="--", zorder=3)
+        ax.scatter(
+            *xy(front),
+            s=80,
+            c="#d62728",
+            edgecolors="black",
+            label=f"Pareto front ({len(front)})",
+            zorder=4,
+        )
+    if best is not None:
+        ax.scatter(*xy([best]), s=260, marker="*", c="#ffbf00", edgecolors="black", zorder=5)
+    if not valid:
+        ax.text(0.5, 0.5, "no trial has reported yet", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("ID accuracy (last report)")
+    ax.set_ylabel("OoD AUROC (last report, mean over OoD val sets)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(0.12)
+    if valid:
+        ax.legend(loc="best", fontsize=8)
+    if best is not None:
+        # put the label on the side of the point that has room
+        x0, x1 = ax.get_xlim()
+        y0, y1 = ax.get_ylim()
+        right = best["id_acc"] > (x0 + x1) / 2
+        top = best["ood_auroc"] > (y0 + y1) / 2
+        ax.annotate(
+            f"best {best['trial_id']}\n{_short_params(best)}",
+            (best["id_acc"], best["ood_auroc"]),
+            xytext=(-14 if right else 14, -30 if top else 24),
+            textcoords="offset points",
+            ha="right" if right else "left",
+            fontsize=8,
+            arrowprops={"arrowstyle": "->", "lw": 0.8},
+            bbox={"boxstyle": "round", "fc": "white", "alpha": 0.9},
+            zorder=6,
+        )
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(exp: Experiment, rows: list[dict], top: int):
+    """OoD AUROC and ID accuracy over epochs for the ``top`` trials by final ``score``."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    ranked = sorted((r for r in rows if not math.isnan(r["score"])), key=lambda r: -r["score"])[
+        :top
+    ]
+    records = {t.trial_id: t for t in exp.trials}
+    fig = Figure(figsize=(11, 4.5), dpi=110)
+    axes = fig.subplots(1, 2)
+    for metric, ax, label in (
+        ("ood_auroc", axes[0], "OoD AUROC"),
+        ("id_acc", axes[1], "ID accuracy"),
+    ):
+        for row in ranked:
+            points = [
+                (r["epoch"], to_float(r.get(metric)))
+                for r in records[row["trial_id"]].results
+                if "epoch" in r
+            ]
+            if points:
+                xs, ys = zip(*points)
+                mark = " *" if row.get("pareto") else ""
+                ax.plot(xs, ys, "o-", label=f"{row['trial_id']}{mark} ({_short_params(row)})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if not ranked:
+            ax.text(0.5, 0.5, "no trial has reported yet", ha="center", transform=ax.transAxes)
+    if ranked:
+        axes[0].legend(fontsize=7)
+    fig.suptitle(f"{exp.name}: top {len(ranked)} trials by score (* = Pareto front)")
+    fig.tight_layout()
+    return fig

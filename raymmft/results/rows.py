@@ -1,0 +1,208 @@
+"""One row per trial, built once from an ``Experiment``: what the search prints at its end, what
+``raymmft report`` prints and what ``trials.parquet`` holds.
+
+Stop reason: ``error`` (status ERROR), ``completed`` (reached the configured epochs),
+``early_stopped`` (TERMINATED before them: ASHA), ``running`` / ``pending`` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from raymmft.config import flatten_fields
+from raymmft.results.experiment import Experiment
+from raymmft.results.pareto import pareto_front
+
+OBJECTIVES = ("id_acc", "ood_auroc")
+FINISHED = ("completed", "early_stopped")
+# Tune's bookkeeping in each result line: not a metric of the trial.
+TUNE_KEYS = frozenset(
+    {
+        "timestamp",
+        "checkpoint_dir_name",
+        "checkpoint_path",
+        "done",
+        "training_iteration",
+        "trial_id",
+        "date",
+        "time_this_iter_s",
+        "time_total_s",
+        "pid",
+        "hostname",
+        "node_ip",
+        "config",
+        "time_since_restore",
+        "iterations_since_restore",
+        "experiment_tag",
+    }
+)
+# best_<metric> over a trial's reports: metric -> "max" or "min"
+BEST_OF = {"id_acc": "max", "ood_auroc": "max", "score": "max", "ood_fpr95": "min"}
+
+
+def to_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def get_field(d: dict, dotted: str, default=None):
+    """``d["a"]["b"]`` for ``dotted = "a.b"``; ``default`` when a part is missing."""
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def config_value(base_config: dict, dotted: str, trial_config: dict | None = None):
+    """A config field of a trial: searched (``trial_config``), else the base config's, else the
+    field's default."""
+    from raymmft import config
+
+    value = get_field(trial_config or {}, dotted, get_field(base_config, dotted))
+    if value is not None:
+        return value
+    section, name = dotted.split(".")
+    model = {"train": config.TrainConfig, "search": config.SearchConfig}[section]
+    return model.model_fields[name].default
+
+
+def stop_reason(status: str, epochs: float, max_epochs: int) -> str:
+    if status == "ERROR":
+        return "error"
+    if status == "TERMINATED":
+        return "completed" if epochs >= max_epochs else "early_stopped"
+    return "running" if status in ("RUNNING", "PAUSED") else "pending"
+
+
+def trial_rows(exp: Experiment) -> list[dict]:
+    """One row per trial: ``trial_id``, ``status``, ``param.<field>`` (searched), ``epochs`` (of the
+    last report), ``max_epochs``, ``reports``, ``stop_reason``; the last report's objectives and
+    every other metric under its reported name; ``best_<metric>``, ``best_epoch`` (of the best
+    ``score``), ``time_total_s``, ``num_failures``, ``checkpoint_path``, ``path``, ``error``; and
+    ``pareto`` (on the front of ``OBJECTIVES``)."""
+    rows = []
+    for t in exp.trials:
+        last = t.results[-1] if t.results else {}
+        max_epochs = int(config_value(exp.base_config, "train.epochs", t.config))
+        epochs = last.get("epoch")
+        row: dict[str, Any] = {
+            "trial_id": t.trial_id,
+            "status": t.status,
+            **{f"param.{k}": v for k, v in flatten_fields(t.config).items()},
+            "epochs": epochs,
+            "max_epochs": max_epochs,
+            "reports": len(t.results),
+            "stop_reason": stop_reason(t.status, to_float(epochs), max_epochs),
+        }
+        for key in ("id_acc", "ood_auroc", "ood_fpr95", "modality_gap", "score"):
+            row[key] = to_float(last.get(key))
+        for key, value in last.items():
+            if key not in TUNE_KEYS and key not in row and key != "epoch" and _is_number(value):
+                row[key] = value
+        for metric, mode in BEST_OF.items():
+            values = [to_float(r.get(metric)) for r in t.results]
+            values = [v for v in values if not math.isnan(v)]
+            row[f"best_{metric}"] = (max if mode == "max" else min)(values) if values else math.nan
+        scored = [r for r in t.results if not math.isnan(to_float(r.get("score")))]
+        row["best_epoch"] = max(scored, key=lambda r: r["score"]).get("epoch") if scored else None
+        row["time_total_s"] = to_float(last.get("time_total_s"))
+        row["num_failures"] = t.num_failures
+        checkpoint = exp.checkpoint(t)
+        row["checkpoint_path"] = checkpoint.uri if checkpoint is not None else None
+        row["path"] = t.path.uri if t.path is not None else None
+        row["error"] = t.error
+        rows.append(row)
+    mark_front(rows)
+    return rows
+
+
+def mark_front(rows: list[dict]) -> list[int]:
+    front = pareto_front([[r[k] for k in OBJECTIVES] for r in rows])
+    for i, r in enumerate(rows):
+        r["pareto"] = i in front
+    return front
+
+
+def best_row(rows: list[dict], score_weight: float) -> dict | None:
+    """The front's trial with the highest ``ood_auroc + w * id_acc`` (the first of equals)."""
+    front = [r for r in rows if r.get("pareto")]
+    if not front:
+        return None
+    return max(front, key=lambda r: r["ood_auroc"] + score_weight * r["id_acc"])
+
+
+def searched_params(row: dict) -> dict[str, Any]:
+    """``{dotted.field: value}`` of a row's searched fields."""
+    return {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
+
+
+# ---------------------------------------------------------------- text
+
+
+def format_table(
+    rows: list[dict], columns: list[str], *, marks: dict[int, str] | None = None
+) -> str:
+    """A plain fixed-width table; floats with 4 decimals; ``marks`` prefixes chosen rows."""
+    marks = marks or {}
+
+    def cell(v):
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4g}" if abs(v) < 1e-3 and v else f"{v:.4f}"
+        return "" if v is None else str(v)
+
+    body = [[marks.get(i, ""), *(cell(r.get(c)) for c in columns)] for i, r in enumerate(rows)]
+    head = ["", *columns]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(lines)
+
+
+def _nan_low(v: float) -> float:
+    return -math.inf if math.isnan(v) else v
+
+
+def sorted_rows(rows: list[dict]) -> list[dict]:
+    """Best ``score`` first; trials without one last."""
+    return sorted(rows, key=lambda r: -_nan_low(r["score"]))
+
+
+def format_trials(rows: list[dict]) -> str:
+    """The trial table: score descending, the Pareto front marked ``*``."""
+    if not rows:
+        return "(no trials yet)"
+    params = sorted({k for r in rows for k in r if k.startswith("param.")})
+    ordered = sorted_rows(rows)
+    marks = {i: "*" for i, r in enumerate(ordered) if r.get("pareto")}
+    cols = ["trial_id", "status", "stop_reason", *params, "epochs", *OBJECTIVES, "ood_fpr95"]
+    cols += ["modality_gap"]
+    return format_table(ordered, cols, marks=marks) + "\n(* = Pareto front of id_acc, ood_auroc)"
+
+
+# ---------------------------------------------------------------- parquet
+
+
+def rows_table(rows: list[dict]):
+    """A pyarrow table of ``rows``; a column whose values mix types (a ``choice`` of numbers and
+    strings) is stored as strings."""
+    import pyarrow as pa
+
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    columns = {}
+    for name in names:
+        values = [r.get(name) for r in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array([None if v is None else str(v) for v in values])
+    return pa.table(columns) if columns else pa.table({"trial_id": pa.array([], pa.string())})
