@@ -9,22 +9,102 @@ can be searched: ``search.space`` maps dotted field paths (``train.lam``) to a d
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raymmft.data import DataConfig
 from raymmft.errors import ConfigError, StorageError
+from raymmft.ood.corpus import check_categories
 from raymmft.storage import Location, check_name
+from raymmft.text import check_template
 
-SCORE_NAMES = ("energy", "max_logit", "mcm", "msp", "neglabel")
-DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "quniform")
+# A prompt template: exactly one "{}" where the class name (or NegLabel word) goes.
+Template = Annotated[str, AfterValidator(check_template)]
+# CLIP clamps the learned logit scale 1/tau to [1, 100] after every step (as open_clip's training
+# does); a temperature outside [0.01, 1] would be changed without a word, so it is refused.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # every float is finite: .inf and .nan are refused wherever a number is read
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched field's distribution, as the config writes it: ``{loguniform: [low, high]}``,
+    ``{uniform: [low, high]}``, ``{quniform: [low, high, q]}``, ``{randint: [low, high]}`` (high
+    excluded, as Tune's) or ``{choice: [v1, v2, ...]}``."""
+
+    name: str
+    args: tuple
+
+    NAMES = ("loguniform", "uniform", "choice", "randint", "quniform")
+
+    @classmethod
+    def parse(cls, key: str, spec: Any) -> Distribution | None:
+        """The distribution of ``spec``; ``None`` when ``spec`` is a fixed value."""
+        if not isinstance(spec, dict):
+            return None
+        if len(spec) != 1:
+            raise ValueError(f"{key}: give one distribution, got {sorted(spec)}")
+        ((name, args),) = spec.items()
+        if name not in cls.NAMES:
+            raise ValueError(
+                f"{key}: unknown distribution '{name}' (known: {', '.join(cls.NAMES)})"
+            )
+        if name == "choice":
+            if not isinstance(args, list) or not args:
+                raise ValueError(f"{key}: choice needs a non-empty list")
+            return cls(name, tuple(args))
+        count = "[low, high, q]" if name == "quniform" else "[low, high]"
+        sizes = (2, 3) if name == "quniform" else (2,)
+        if not (isinstance(args, list) and len(args) in sizes and all(map(_is_number, args))):
+            raise ValueError(f"{key}: {name} needs {count} (finite numbers), got {args!r}")
+        low, high = args[0], args[1]
+        if not low < high:
+            raise ValueError(f"{key}: {name} needs low < high, got [{low}, {high}]")
+        if name == "loguniform" and low <= 0:
+            raise ValueError(f"{key}: loguniform needs low > 0, got {low}")
+        if name == "randint" and not all(float(a).is_integer() for a in args):
+            raise ValueError(f"{key}: randint needs integer bounds, got {args!r}")
+        if name == "quniform" and len(args) == 3 and not args[2] > 0:
+            raise ValueError(f"{key}: quniform needs q > 0, got {args[2]}")
+        return cls(name, tuple(args))
+
+    @property
+    def integer(self) -> bool:
+        """Whether every value it gives is an integer (an int field takes nothing else)."""
+        if self.name == "randint":
+            return True
+        return self.name == "choice" and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in self.args
+        )
+
+    def extremes(self) -> list:
+        """The values that bound what it can give: both bounds, or every choice (``randint``'s
+        largest is ``high - 1``)."""
+        if self.name == "choice":
+            return list(self.args)
+        if self.name == "randint":
+            return [int(self.args[0]), int(self.args[1]) - 1]
+        return [self.args[0], self.args[1]]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class ModelConfig(_Section):
@@ -39,9 +119,12 @@ class ModelConfig(_Section):
 
     @field_validator("temperature")
     @classmethod
-    def _positive(cls, v):
-        if v is not None and not v > 0:
-            raise ValueError(f"must be > 0, got {v}")
+    def _in_clamp_range(cls, v):
+        if v is not None and not MIN_TEMPERATURE <= v <= MAX_TEMPERATURE:
+            raise ValueError(
+                f"must be in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE:g}] (CLIP clamps the logit scale "
+                f"1/tau to [1, 100]), got {v}"
+            )
         return v
 
 
@@ -53,12 +136,11 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     lam: float = Field(0.0, description="CMA weight lambda; 0 is FLYP")
-    template: str = "a photo of a {}."
+    template: Template = "a photo of a {}."
     augment: bool = Field(True, description="the model's train transform (random crops) vs eval")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_checkpointing: bool = False
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap an epoch (quick runs)")
-    log_every_steps: int = Field(10, ge=1)
     seed: int = 0
 
     @field_validator("lr")
@@ -75,55 +157,75 @@ class TrainConfig(_Section):
             raise ValueError(f"must be >= 0, got {v}")
         return v
 
-    @field_validator("template")
+
+class NegLabelConfig(_Section):
+    """NegLabel (Jiang et al., ICLR 2024; docs/method.md): mining the negative labels and scoring
+    with them. The one declaration of these parameters: mining, scoring, ``raymmft evaluate``'s
+    flags and preflight all read this section."""
+
+    corpus: str = Field(
+        "wordnet",
+        description="'wordnet', 'world' (the built-in world's concepts), 'world+wordnet[:N]', or "
+        "a text file with one word per line",
+    )
+    eta: float = Field(
+        0.95, ge=0, le=1, description="quantile of a word's similarities to the ID classes"
+    )
+    keep_fraction: float = Field(
+        0.15, gt=0, le=1, description="fraction of nouns and of adjectives kept (least ID-like)"
+    )
+    max_negatives: int | None = Field(None, ge=1, description="cap on the kept words")
+    ngroups: int = Field(1, ge=1, description="grouping: score against g groups, averaged")
+    exclude_categories: list[str] = Field([], description="WordNet categories, e.g. noun.animal")
+    noun_template: Template = "a photo of a {}."
+    adj_template: Template = "This is a {} photo."
+    remine_each_eval: bool = Field(False, description="mine again with the current model each time")
+    seed: int = Field(0, description="seed of the grouping shuffle")
+
+    @field_validator("exclude_categories")
     @classmethod
-    def _one_slot(cls, v):
-        if v.count("{}") != 1:
-            raise ValueError(f"must contain exactly one '{{}}', got {v!r}")
+    def _known_categories(cls, v):
+        try:
+            check_categories(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return v
 
 
-class NegLabelConfig(_Section):
-    corpus: str = Field(
-        "wordnet", description="'wordnet', 'world' (built-in world concepts), or a file"
-    )
-    eta: float = Field(0.95, gt=0, le=1)
-    keep_fraction: float = Field(0.15, gt=0, le=1)
-    max_negatives: int | None = Field(None, ge=1)
-    ngroups: int = Field(1, ge=1)
-    exclude_categories: list[str] = []
-    remine_each_eval: bool = False
-    seed: int = 0
+def _check_score(name: str) -> str:
+    from raymmft.ood.scores import SCORES  # the registry is the list of score names
+
+    if name not in SCORES:
+        raise ValueError(f"unknown OoD score '{name}' (known: {', '.join(sorted(SCORES))})")
+    return name
+
+
+ScoreName = Annotated[str, AfterValidator(_check_score)]
 
 
 class EvalConfig(_Section):
-    scores: list[str] = ["neglabel", "mcm", "msp", "energy"]
-    ood_score: str = Field("neglabel", description="the score that defines ood_auroc")
-    temperature: float = Field(0.01, gt=0)
-    templates: list[str] = ["a photo of a {}."]
+    scores: list[ScoreName] = Field(["neglabel", "mcm", "msp", "energy"], min_length=1)
+    ood_score: ScoreName = Field("neglabel", description="the score that defines ood_auroc")
+    temperature: float = Field(0.01, gt=0, description="t in the scores' f.T / t")
+    templates: list[Template] = Field(["a photo of a {}."], min_length=1)
     every_n_epochs: int = Field(1, ge=1)
     batch_size: int = Field(256, ge=1)
     neglabel: NegLabelConfig = NegLabelConfig()
 
-    @field_validator("scores")
-    @classmethod
-    def _known_scores(cls, v):
-        for name in v:
-            if name not in SCORE_NAMES:
-                raise ValueError(f"unknown OoD score '{name}' (known: {', '.join(SCORE_NAMES)})")
-        if not v:
-            raise ValueError("at least one score is needed")
-        return v
-
     @model_validator(mode="after")
     def _primary_is_computed(self):
-        if self.ood_score not in SCORE_NAMES:
-            raise ValueError(
-                f"ood_score: unknown OoD score '{self.ood_score}' (known: {', '.join(SCORE_NAMES)})"
-            )
         if self.ood_score not in self.scores:
             self.scores = [*self.scores, self.ood_score]
         return self
+
+    @property
+    def score_params(self) -> dict[str, Any]:
+        """The parameters every score may take (each takes the ones it declares)."""
+        return {
+            "temperature": self.temperature,
+            "ngroups": self.neglabel.ngroups,
+            "seed": self.neglabel.seed,
+        }
 
 
 class Objective(_Section):
@@ -167,12 +269,18 @@ class SearchConfig(_Section):
         if not space:
             raise ValueError("search space is empty: give at least one field to search")
         for key, spec in space.items():
-            _check_distribution(key, spec)
+            Distribution.parse(key, spec)
         return space
+
+    @property
+    def distributions(self) -> dict[str, Distribution]:
+        """``{dotted.field: Distribution}`` of the searched fields (fixed values left out)."""
+        out = {k: Distribution.parse(k, v) for k, v in self.space.items()}
+        return {k: d for k, d in out.items() if d is not None}
 
     @model_validator(mode="after")
     def _points_cover_space(self):
-        searched = {k for k, v in self.space.items() if isinstance(v, dict)}
+        searched = set(self.distributions)
         for i, point in enumerate(self.initial_points):
             if set(point) != searched:
                 raise ValueError(
@@ -264,34 +372,6 @@ class Config(_Section):
         return self.model_dump(mode="json", exclude_unset=True)
 
 
-def _check_distribution(key: str, spec: Any) -> None:
-    """A search-space entry is a fixed value or ``{dist: args}``."""
-    if not isinstance(spec, dict):
-        return
-    if len(spec) != 1:
-        raise ValueError(f"{key}: give one distribution, got {sorted(spec)}")
-    ((dist, args),) = spec.items()
-    if dist not in DISTRIBUTIONS:
-        raise ValueError(
-            f"{key}: unknown distribution '{dist}' (known: {', '.join(DISTRIBUTIONS)})"
-        )
-    if dist == "choice":
-        if not isinstance(args, list) or not args:
-            raise ValueError(f"{key}: choice needs a non-empty list")
-        return
-    if not (isinstance(args, list) and len(args) in (2, 3) and all(_is_number(a) for a in args)):
-        raise ValueError(f"{key}: {dist} needs [low, high], got {args!r}")
-    low, high = args[0], args[1]
-    if not low < high:
-        raise ValueError(f"{key}: {dist} needs low < high, got [{low}, {high}]")
-    if dist == "loguniform" and low <= 0:
-        raise ValueError(f"{key}: loguniform needs low > 0, got {low}")
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _check_field_path(cfg: BaseModel, path: str) -> None:
     node: Any = cfg
     for part in path.split("."):
@@ -300,16 +380,24 @@ def _check_field_path(cfg: BaseModel, path: str) -> None:
         node = getattr(node, part)
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def describe_error(err: ValidationError) -> tuple[str, str]:
+    """The first error of a validation as ``(field, message)``: ``eval.scores[1]`` and what is
+    wrong, with the value given when the message does not say it already."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
     msg = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
     if first["type"] == "extra_forbidden":
         msg = "unknown field"
     elif first["type"] == "missing":
         msg = "required field missing"
-    elif "input" in first and first["type"].endswith(("_type", "_parsing", "literal_error")):
-        msg = f"{msg}, got {first['input']!r}"
+    elif first["type"] != "value_error" and not isinstance(value, (dict, list, BaseModel)):
+        msg = f"{msg}, got {value!r}"
+    return loc, msg
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    loc, msg = describe_error(err)
     return f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}"
 
 

@@ -2,7 +2,8 @@
 
 Pure PyTorch: the Ray layer (``raymmft.worker``) supplies the rank, the DDP wrapping and the
 reporting; this module knows nothing of Ray. A step reads (images, labels), turns the labels into
-their class prompts, and minimises the CMA loss (METHOD.md §2) on the global batch.
+their class prompts, runs both towers (``text_encoder.TrainingForward``: the prompts at their real
+length) and minimises the CMA loss (docs/method.md, "The CMA loss") on the global batch.
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ from raymmft.config import TrainConfig
 from raymmft.errors import ModelError
 from raymmft.losses import CMALoss
 from raymmft.model import clamp_logit_scale
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The CLIP model inside a DDP wrapper."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+from raymmft.text_encoder import clip_of
 
 
 def seed_everything(seed: int) -> None:
@@ -35,7 +32,7 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; as in CLIP/open_clip training, gains, biases and the logit scale get no weight decay."""
     decay, no_decay = [], []
-    for name, param in unwrap(model).named_parameters():
+    for name, param in clip_of(model).named_parameters():
         if not param.requires_grad:
             continue
         exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name
@@ -135,7 +132,7 @@ class FineTuner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        clamp_logit_scale(unwrap(self.model))
+        clamp_logit_scale(clip_of(self.model))
         self.step += 1
         return StepResult(out.loss.item(), out.contrastive.item(), out.regularizer.item())
 
@@ -145,13 +142,13 @@ class FineTuner:
 
     @property
     def logit_scale(self) -> float:
-        return unwrap(self.model).logit_scale.exp().item()
+        return clip_of(self.model).logit_scale.exp().item()
 
     def state_dict(self, arch: str) -> dict:
         """Everything a resumed run needs, loadable with ``torch.load(weights_only=True)``."""
         return {
             "arch": arch,
-            "model": unwrap(self.model).state_dict(),
+            "model": clip_of(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -170,7 +167,7 @@ class FineTuner:
                 f"cannot resume: the checkpoint is for architecture '{state.get('arch')}', "
                 f"not '{arch}'"
             )
-        unwrap(self.model).load_state_dict(state["model"])
+        clip_of(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

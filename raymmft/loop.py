@@ -1,69 +1,67 @@
-"""The per-worker training run: data shard → CMA fine-tuning → periodic OoD evaluation → report.
+"""One worker's run: data shard → CMA fine-tuning → OoD evaluation (on every worker) → report.
 
-Pure PyTorch with injected Ray pieces (``wrap_model`` is ``ray.train.torch.prepare_model``; ``report``
-forwards metrics and rank 0's checkpoint), so the whole run is also testable in one process.
-Only rank 0 evaluates: every worker then reports the same step, which Ray Train requires.
+Pure PyTorch with the Ray pieces injected (``Worker``: the rank, the DDP wrapping, the report), so
+the whole run is also testable in one process. Every worker evaluates its own share of each
+evaluation set (``raymmft.evaluation.Evaluator``), and every worker reports the same step, as Ray
+Train requires; rank 0's report carries the checkpoint.
+
+Each report also carries where the trial's time went: ``time/train_s`` (training steps since the
+last report), ``time/eval_s`` (the evaluation just reported), ``time/checkpoint_s`` (writing and
+uploading the previous report's checkpoint, with the wait for the other workers) and, in the
+first report, ``time/startup_s`` (from the trial's start to its first step).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from raymmft.config import Config
 from raymmft.data import build_loader, open_dataset, per_worker_batch
-from raymmft.evaluate import evaluate, prepare_negatives
-from raymmft.finetune import FineTuner, seed_everything, steps_per_epoch, unwrap
+from raymmft.data.spec import set_names
+from raymmft.evaluation import Evaluator
+from raymmft.finetune import FineTuner, seed_everything, steps_per_epoch
 from raymmft.model import build_model
-from raymmft.ood.embed import CachedTokenizer
+from raymmft.storage import Location
 from raymmft.text import tokenize_class_prompts
+from raymmft.text_encoder import TrainingForward, clip_of
 
 Report = Callable[[dict, dict | None], None]
 
 
 @dataclass
-class Fault:
-    """Test-only fault injection: ``rank`` fails at global step ``step`` (see raymmft.worker).
+class Worker:
+    """Where this worker of a run stands: its rank, the world size, its device, how the model is
+    wrapped for data parallelism (``ray.train.torch.prepare_model``) and how it reports."""
 
-    With a ``marker`` path the fault fires once: the file is created first, and exists on retry.
-    """
-
-    rank: int
-    step: int
-    kind: str = "exit"
-    marker: str | None = None
-
-    def fires(self, rank: int, step: int) -> bool:
-        if rank != self.rank or step != self.step:
-            return False
-        if self.marker is None:
-            return True
-        try:
-            with open(self.marker, "x"):
-                return True
-        except FileExistsError:
-            return False
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
+    report: Report = lambda metrics, state: None
 
 
-def _dataset_name(spec, index: int, used: set[str]) -> str:
-    name = spec.name
-    if not name:
-        name = spec.uri.split(":", 1)[-1].rstrip("/").split("/")[-1]
-        if isinstance(spec.classes, str):
-            name = f"{name}-{spec.classes}"
-    name = name.replace(" ", "_") or f"set{index}"
-    while name in used:
-        name = f"{name}_{index}"
-    used.add(name)
-    return name
+@dataclass
+class RunInputs:
+    """What a run reads besides its config: a state to resume from, the negatives a search's
+    preparation step mined, where TensorBoard events go (rank 0), the NegLabel cache, and the wall
+    clock time (``time.time()``) at which the trial started."""
+
+    resume_state: dict | None = None
+    negatives: object = None
+    tensorboard: Location | None = None
+    cache: Location | None = None
+    started_at: float | None = None
 
 
-def ood_set_names(specs) -> list[str]:
-    used: set[str] = set()
-    return [_dataset_name(s, i, used) for i, s in enumerate(specs)]
+class Hooks:
+    """Calls into the loop for tests (fault injection); the default does nothing."""
+
+    def before_step(self, rank: int, step: int, images: torch.Tensor) -> None:
+        pass
 
 
 def model_of(cfg: Config, device: torch.device | str = "cpu"):
@@ -78,37 +76,116 @@ def model_of(cfg: Config, device: torch.device | str = "cpu"):
     )
 
 
-def run_training(
+def evaluator_for(
     cfg: Config,
+    bundle,
+    device: torch.device | str = "cpu",
     *,
+    on: str = "val",
     rank: int = 0,
     world_size: int = 1,
-    device: torch.device | None = None,
-    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-    report: Report,
-    resume_state: dict | None = None,
-    fault: Fault | None = None,
-    cache_dir: str | None = None,
-    tensorboard_dir: str | None = None,
+    negatives=None,
+    cache: Location | None = None,
+    out=None,
+) -> Evaluator:
+    """The evaluator of a config: the ID validation set and the OoD validation sets (``on="val"``,
+    what trials are scored on), or the OoD test sets (``on="test"``, the chosen configuration's
+    report); class names from the ID train set. NegLabel takes ``negatives`` (mined once per search
+    by the starting model) or mines with ``bundle``'s model from the configured corpus."""
+    from raymmft.corpora import resolve_corpus
+
+    transform = bundle.preprocess_eval
+    classnames = open_dataset(cfg.data.id_train, None).classnames
+    specs = cfg.data.ood_val if on == "val" else cfg.data.ood_test
+    ood = {
+        name: open_dataset(spec, transform, id_classnames=classnames)
+        for name, spec in zip(set_names(specs), specs)
+    }
+    neglabel = cfg.eval.neglabel
+    mines = "neglabel" in cfg.eval.scores and (negatives is None or neglabel.remine_each_eval)
+    kwargs = {} if out is None else {"out": out}
+    return Evaluator(
+        cfg.eval,
+        bundle,
+        classnames,
+        open_dataset(cfg.data.id_val, transform, id_classnames=classnames),
+        ood,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        num_workers=cfg.data.num_workers,
+        corpus=resolve_corpus(neglabel) if mines else None,
+        negatives=negatives,
+        cache=cache,
+        **kwargs,
+    )
+
+
+def report_metrics(cfg: Config, evaluation) -> dict:
+    """An evaluation's flat metrics with the search's scalar ``score = ood_auroc + w * id_acc``."""
+    metrics = evaluation.flat_metrics()
+    metrics["score"] = metrics["ood_auroc"] + cfg.search.score_weight * metrics["id_acc"]
+    return metrics
+
+
+def run_training(
+    cfg: Config,
+    worker: Worker | None = None,
+    inputs: RunInputs | None = None,
+    hooks: Hooks | None = None,
 ) -> None:
-    """Fine-tune with the CMA loss and report metrics after every evaluation."""
-    device = device or torch.device("cpu")
+    """Fine-tune with the CMA loss; after every evaluation period, evaluate and report."""
+    worker, inputs, hooks = worker or Worker(), inputs or RunInputs(), hooks or Hooks()
+    start = inputs.started_at or time.time()
+    run = _setup(cfg, worker, inputs)
+    carried = {"time/startup_s": time.time() - start, "time/checkpoint_s": 0.0}
+    metrics: dict = {}
+    while run.tuner.epoch < cfg.train.epochs:
+        metrics = _train_epoch(run, worker, hooks)
+        if run.tuner.epoch % cfg.eval.every_n_epochs and run.tuner.epoch < cfg.train.epochs:
+            continue
+        began = time.perf_counter()
+        evaluation = run.evaluator.evaluate(clip_of(run.tuner.model))
+        metrics.update(report_metrics(cfg, evaluation), **carried)
+        metrics["time/eval_s"] = time.perf_counter() - began
+        if run.writer is not None:  # before the report: a scheduler may stop the trial at it
+            run.writer.log_train(run.tuner.step, metrics)
+            run.writer.log_eval(run.tuner.step, metrics, evaluation)
+        began = time.perf_counter()
+        worker.report(metrics, run.tuner.state_dict(cfg.model.arch) if worker.rank == 0 else None)
+        carried = {"time/checkpoint_s": time.perf_counter() - began}
+        run.train_seconds = 0.0
+    if run.writer is not None:
+        run.writer.close(metrics)
+
+
+@dataclass
+class _Run:
+    tuner: FineTuner
+    loader: torch.utils.data.DataLoader
+    steps: int
+    evaluator: Evaluator
+    writer: object = None
+    train_seconds: float = 0.0
+
+
+def _setup(cfg: Config, worker: Worker, inputs: RunInputs) -> _Run:
+    """The model, this worker's shard of the ID train set, the fine-tuner (resumed when there is a
+    state), the evaluator and rank 0's TensorBoard writer."""
     seed_everything(cfg.train.seed)
-    bundle = model_of(cfg, device)
+    bundle = model_of(cfg, worker.device)
     if cfg.train.grad_checkpointing:
         bundle.model.set_grad_checkpointing(True)
-
-    train_transform = bundle.preprocess_train if cfg.train.augment else bundle.preprocess_eval
-    train_set = open_dataset(cfg.data.id_train, train_transform)
-    classnames = train_set.classnames
+    transform = bundle.preprocess_train if cfg.train.augment else bundle.preprocess_eval
+    train_set = open_dataset(cfg.data.id_train, transform)
     loader = build_loader(
         train_set,
-        per_worker_batch(cfg.train.batch_size, world_size),
+        per_worker_batch(cfg.train.batch_size, worker.world_size),
         shuffle=True,
         seed=cfg.train.seed,
         num_workers=cfg.data.num_workers,
-        rank=rank,
-        world_size=world_size,
+        rank=worker.rank,
+        world_size=worker.world_size,
         drop_last=True,
     )
     if len(loader) == 0:
@@ -116,185 +193,90 @@ def run_training(
             f"the ID train set has {len(train_set)} images, fewer than one global batch "
             f"({cfg.train.batch_size})"
         )
-    n_steps = steps_per_epoch(len(loader), cfg.train)
-    tokens = tokenize_class_prompts(bundle.tokenizer, classnames, cfg.train.template)
-
-    evaluator = writer = None
-    if rank == 0 and tensorboard_dir:
+    steps = steps_per_epoch(len(loader), cfg.train)
+    evaluator = evaluator_for(
+        cfg,
+        bundle,
+        worker.device,
+        rank=worker.rank,
+        world_size=worker.world_size,
+        negatives=inputs.negatives,
+        cache=inputs.cache,
+    )
+    writer = None
+    if worker.rank == 0 and inputs.tensorboard is not None:
         from raymmft.tensorboard_log import TrialWriter, hparams_of
 
         writer = TrialWriter(
-            tensorboard_dir,
+            inputs.tensorboard,
             hparams_of(cfg.model_dump(mode="json"), list(cfg.search.space)),
-            ood_sets=ood_set_names(cfg.data.ood_val),
+            ood_sets=set_names(cfg.data.ood_val),
         )
-    if rank == 0:
-        evaluator = Evaluator(
-            cfg,
-            bundle,
-            classnames,
-            device,
-            id_spec=cfg.data.id_val,
-            ood_specs=cfg.data.ood_val,
-            cache_dir=cache_dir,
-        )
-
-    model = wrap_model(bundle.model)
     tuner = FineTuner(
-        model,
-        tokens,
+        worker.wrap_model(TrainingForward(bundle.model)),
+        tokenize_class_prompts(bundle.tokenizer, train_set.classnames, cfg.train.template),
         cfg.train,
-        total_steps=n_steps * cfg.train.epochs,
-        device=device,
+        total_steps=steps * cfg.train.epochs,
+        device=worker.device,
         autocast_dtype=bundle.autocast_dtype,
-        rank=rank,
-        world_size=world_size,
+        rank=worker.rank,
+        world_size=worker.world_size,
     )
-    if resume_state is not None:
-        tuner.load_state_dict(resume_state, arch=cfg.model.arch)
-
-    while tuner.epoch < cfg.train.epochs:
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(tuner.epoch)
-        sums = {"loss": 0.0, "contrastive": 0.0, "regularizer": 0.0}
-        start, n = time.perf_counter(), 0
-        for i, (images, labels) in enumerate(loader):
-            if i >= n_steps:
-                break
-            if fault is not None and fault.fires(rank, tuner.step):
-                _inject(fault, images)
-            result = tuner.train_step(images, labels)
-            for k in sums:
-                sums[k] += getattr(result, k)
-            n += 1
-        seconds = time.perf_counter() - start
-        tuner.epoch += 1
-        metrics = {
-            "epoch": tuner.epoch,
-            "step": tuner.step,
-            "world_size": world_size,
-            "train_loss": sums["loss"] / n,
-            "train_contrastive": sums["contrastive"] / n,
-            "train_regularizer": sums["regularizer"] / n,
-            "lr": tuner.lr,
-            "logit_scale": tuner.logit_scale,
-            "images_per_s": n * cfg.train.batch_size / seconds,
-        }
-        last = tuner.epoch == cfg.train.epochs
-        if last or tuner.epoch % cfg.eval.every_n_epochs == 0:
-            evaluation = None
-            if evaluator is not None:
-                evaluation = evaluator.evaluate(unwrap(model))
-                metrics.update(evaluator.metrics(evaluation))
-            if writer is not None:
-                # Before the report: a scheduler may stop the trial right after it.
-                writer.log_train(tuner.step, metrics)
-                writer.log_eval(tuner.step, metrics, evaluation)
-            report(metrics, tuner.state_dict(cfg.model.arch) if rank == 0 else None)
-    if writer is not None:
-        writer.close(metrics)
+    if inputs.resume_state is not None:
+        tuner.load_state_dict(inputs.resume_state, arch=cfg.model.arch)
+    return _Run(tuner, loader, steps, evaluator, writer)
 
 
-def _inject(fault: Fault, images: torch.Tensor) -> None:
-    if fault.kind == "exit":
-        import os
-
-        os._exit(1)
-    if fault.kind == "nan":
-        images.fill_(float("nan"))
-
-
-class Evaluator:
-    """Evaluation of a model on an ID set and named OoD sets: rank 0's validation during training
-    (ID val + OoD val sets), and the final report of a chosen configuration (OoD test sets)."""
-
-    def __init__(self, cfg: Config, bundle, classnames, device, *, id_spec, ood_specs, cache_dir):
-        self.cfg = cfg
-        self.bundle = bundle
-        self.classnames = classnames
-        self.device = device
-        self.cache_dir = cache_dir
-        batch = cfg.eval.batch_size
-        id_set = open_dataset(id_spec, bundle.preprocess_eval, id_classnames=classnames)
-        self.id_loader = build_loader(id_set, batch, shuffle=False, seed=0)
-        self.ood_loaders = {
-            name: build_loader(
-                open_dataset(spec, bundle.preprocess_eval, id_classnames=classnames),
-                batch,
-                shuffle=False,
-                seed=0,
-            )
-            for name, spec in zip(ood_set_names(ood_specs), ood_specs)
-        }
-        # The same prompts are encoded at every evaluation: tokenise each once. (With
-        # eval.neglabel.remine_each_eval that includes the whole corpus: 86 MB of ids for
-        # WordNet's 140k prompts at a 77-token context, instead of tokenising them every time.)
-        self.tokenizer = CachedTokenizer(bundle.tokenizer)
-        # NegLabel: mine once with the starting model, re-encode the words at each evaluation.
-        self.negatives = None
-        if "neglabel" in cfg.eval.scores:
-            self.negatives = prepare_negatives(
-                bundle.model,
-                bundle.tokenizer,
-                classnames,
-                cfg.eval.neglabel,
-                device=device,
-                cache_dir=cache_dir,
-                autocast_dtype=bundle.autocast_dtype,
-            )
-
-    def evaluate(self, model: torch.nn.Module):
-        """The full ``EvaluationResult`` (per set, per score, raw scores for histograms)."""
-        ev = self.cfg.eval
-        return evaluate(
-            model,
-            self.tokenizer,
-            self.id_loader,
-            self.classnames,
-            self.ood_loaders,
-            scores=ev.scores,
-            primary_score=ev.ood_score,
-            templates=ev.templates,
-            temperature=ev.temperature,
-            neglabel=ev.neglabel,
-            negatives=self.negatives,
-            device=self.device,
-            autocast_dtype=self.bundle.autocast_dtype,
-            cache_dir=self.cache_dir,
-        )
-
-    def metrics(self, evaluation) -> dict:
-        """Flat metrics for reporting, with the search's scalar ``score``."""
-        metrics = evaluation.flat_metrics()
-        metrics["score"] = metrics["ood_auroc"] + self.cfg.search.score_weight * metrics["id_acc"]
-        return metrics
-
-
-def final_evaluator(cfg: Config, bundle, device, *, ood_specs, cache_dir: str | None = None):
-    """The evaluator of a chosen configuration's final report: ID ``id_test`` (else ``id_val``) and
-    ``ood_specs``, class names from the train set, NegLabel's negatives mined by ``bundle``'s
-    model (the starting model: the same cache entry as during training)."""
-    classnames = open_dataset(cfg.data.id_train, bundle.preprocess_eval).classnames
-    id_spec = getattr(cfg.data, "id_test", None) or cfg.data.id_val
-    return Evaluator(
-        cfg, bundle, classnames, device, id_spec=id_spec, ood_specs=ood_specs, cache_dir=cache_dir
-    )
+def _train_epoch(run: _Run, worker: Worker, hooks: Hooks) -> dict:
+    """One epoch of steps; the epoch's mean losses, throughput and time."""
+    tuner = run.tuner
+    if hasattr(run.loader.sampler, "set_epoch"):
+        run.loader.sampler.set_epoch(tuner.epoch)
+    sums = {"loss": 0.0, "contrastive": 0.0, "regularizer": 0.0}
+    start, n = time.perf_counter(), 0
+    for images, labels in run.loader:
+        if n >= run.steps:
+            break
+        hooks.before_step(worker.rank, tuner.step, images)
+        result = tuner.train_step(images, labels)
+        for k in sums:
+            sums[k] += getattr(result, k)
+        n += 1
+    seconds = time.perf_counter() - start
+    run.train_seconds += seconds
+    tuner.epoch += 1
+    return {
+        "epoch": tuner.epoch,
+        "step": tuner.step,
+        "world_size": worker.world_size,
+        "train_loss": sums["loss"] / n,
+        "train_contrastive": sums["contrastive"] / n,
+        "train_regularizer": sums["regularizer"] / n,
+        "lr": tuner.lr,
+        "logit_scale": tuner.logit_scale,
+        "images_per_s": n * tuner.cfg.batch_size / seconds,
+        "time/train_s": run.train_seconds,
+    }
 
 
 def evaluate_checkpoint(
-    cfg: Config, checkpoint: str, *, on: str = "test", cache_dir: str | None = None
+    cfg: Config,
+    checkpoint: str,
+    *,
+    on: str = "test",
+    negatives: str | None = None,
+    cache: str | None = None,
 ):
-    """Evaluate a trial's checkpoint (a directory or ``state.pt`` on any storage) on its OoD test
-    (or validation) sets.
-
-    NegLabel's negatives are mined with the starting model, as during training (the same cache
-    entry), and re-encoded with the checkpoint's weights.
-    """
+    """Evaluate a checkpoint (a directory or ``state.pt`` on any storage) on its OoD test (or
+    validation) sets, with the negatives the trials used (``negatives``: a stored
+    ``NegativeLabels``, as a search's preparation step writes) or mined by the starting model."""
     from raymmft.checkpoint import load_weights
+    from raymmft.ood.neglabel import NegativeLabels
 
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.resources.use_gpu else "cpu")
     bundle = model_of(cfg, device)
-    ood_specs = cfg.data.ood_test if on == "test" else cfg.data.ood_val
-    evaluator = final_evaluator(cfg, bundle, device, ood_specs=ood_specs, cache_dir=cache_dir)
+    mined = NegativeLabels.load(negatives) if negatives is not None else None
+    cache_location = Location.parse(cache) if cache is not None else None
+    evaluator = evaluator_for(cfg, bundle, device, on=on, negatives=mined, cache=cache_location)
     load_weights(bundle.model, checkpoint, arch=cfg.model.arch)
     return evaluator.evaluate(bundle.model)

@@ -1,4 +1,4 @@
-"""The CMA loss (METHOD.md §2): symmetric CLIP cross-entropy plus the cross-modal alignment term.
+"""The CMA loss (docs/method.md, "The CMA loss"): symmetric CLIP cross-entropy plus the cross-modal alignment term.
 
 For logits ``L = s * f_img @ f_txt^T`` (features L2-normalised, ``s = 1 / tau``)::
 
@@ -64,7 +64,7 @@ def cma_loss(
     logit_scale: float | torch.Tensor,
     lam: float,
 ) -> torch.Tensor:
-    """Scalar CMA loss (METHOD.md §2); features are L2-normalised inside."""
+    """Scalar CMA loss (docs/method.md, "The CMA loss"); features are L2-normalised inside."""
     return cma_loss_parts(image_features, text_features, logit_scale, lam).loss
 
 

@@ -1,6 +1,7 @@
 """Checks run on the driver before any trial starts, so that bad input fails in seconds with one
 clear line instead of inside every trial's workers: the model spec, every dataset (paths, class
-folders, class names), the global batch against the workers and the ID train set."""
+folders, class names, every image's header), the global batch against the workers and the ID
+train set, and the NegLabel corpus."""
 
 from __future__ import annotations
 
@@ -27,3 +28,7 @@ def preflight(cfg: Config) -> None:
         dataset = open_dataset(spec, None, id_classnames=train.classnames)
         if len(dataset) == 0:
             raise DataError(f"{where} ({spec}) holds no images")
+    if "neglabel" in cfg.eval.scores:
+        from raymmft.corpora import resolve_corpus
+
+        resolve_corpus(cfg.eval.neglabel)

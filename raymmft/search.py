@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shlex
+import time
 from typing import Any
 
 import ray
@@ -217,6 +218,7 @@ def make_trainer(
     name: str,
     cache: Location | None,
     tensorboard_dir: Location | None = None,
+    negatives: str | None = None,
     callbacks=(),
 ) -> TorchTrainer:
     """A ``TorchTrainer`` whose run lives at ``storage/name``; locations travel as URIs (strings:
@@ -227,6 +229,8 @@ def make_trainer(
             "config": cfg.to_dict(),
             "cache_dir": cache.uri if cache is not None else None,
             "tensorboard_dir": tensorboard_dir.uri if tensorboard_dir is not None else None,
+            "negatives": negatives,
+            "started_at": time.time(),
         },
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
@@ -245,7 +249,32 @@ def cache_location(cfg: Config) -> Location:
     return cfg.storage.location.join(CACHE_DIR)
 
 
-def trial_driver(params: dict, *, base: dict) -> None:
+def one_worker(cfg: Config) -> dict[str, float]:
+    """``ray.remote`` resources of one trial worker (a GPU when trials use GPUs)."""
+    r = cfg.resources
+    return {"num_cpus": r.cpus_per_worker, "num_gpus": r.gpus_per_worker if r.use_gpu else 0}
+
+
+def prepare_remote(cfg: Config, exp: Location) -> str | None:
+    """The search's preparation step (``raymmft.prepare``), once, in one Ray task with one
+    worker's resources; already done (``--resume``) or not shareable between trials: skipped.
+    Returns the prepared negatives' URI for the trials (``None``: each trial mines)."""
+    from raymmft.prepare import per_trial_fields, prepare, prepared_files
+
+    varying = per_trial_fields(cfg)
+    if varying:
+        print(f"not preparing the search: {', '.join(varying)} differ between trials")
+        return None
+    done = prepared_files(exp)
+    if done["zero_shot"] is None:
+        task = ray.remote(**one_worker(cfg))(prepare)
+        done = ray.get(task.remote(cfg, exp.uri, cache=cache_location(cfg).uri))
+        return done["negatives"]
+    print(f"prepared already: {exp.join('prepared')}")
+    return done["negatives"].uri if done["negatives"] is not None else None
+
+
+def trial_driver(params: dict, *, base: dict, negatives: str | None) -> None:
     """The Tune function trainable of one trial: fit a TorchTrainer with this trial's config."""
     cfg = apply_trial_params(Config.model_validate(base), flatten_params(params))
     trial_id = tune.get_context().get_trial_id()
@@ -256,6 +285,7 @@ def trial_driver(params: dict, *, base: dict) -> None:
         name=trial_id,
         cache=cache_location(cfg),
         tensorboard_dir=exp.join(TENSORBOARD_DIR, trial_id),
+        negatives=negatives,
         callbacks=[TuneReportCallback()],
     )
     try:
@@ -357,8 +387,10 @@ def run_search(
 ):
     """Run (or resume) the search; return Ray's ``ResultGrid``."""
     exp, max_concurrent = prepare_run(cfg, address=address, resume=resume, preflight=preflight)
+    negatives = prepare_remote(cfg, exp)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=cfg.to_dict()), {"cpu": 0, "memory": 1}
+        tune.with_parameters(trial_driver, base=cfg.to_dict(), negatives=negatives),
+        {"cpu": 0, "memory": 1},
     )
     if resume:
         tuner = tune.Tuner.restore(
@@ -399,17 +431,23 @@ def run_train(
         name=cfg.storage.name,
         cache=cache_location(cfg),
         tensorboard_dir=exp.join(TENSORBOARD_DIR, "run"),
+        negatives=prepare_remote(cfg, exp),
     ).fit()
 
 
 def evaluate_remote(cfg: Config, checkpoint: str | Location, *, on: str = "test"):
     """Evaluate a checkpoint (a directory on the experiment's storage) in a Ray task with one
-    worker's resources (a GPU when trials use one)."""
+    worker's resources, with the negatives the trials used."""
     from raymmft.loop import evaluate_checkpoint
+    from raymmft.prepare import prepared_files
 
-    task = ray.remote(
-        num_cpus=min(1.0, cfg.resources.cpus_per_worker),
-        num_gpus=cfg.resources.gpus_per_worker if cfg.resources.use_gpu else 0,
-    )(evaluate_checkpoint)
-    checkpoint = Location.parse(checkpoint).uri
-    return ray.get(task.remote(cfg, checkpoint, on=on, cache_dir=cache_location(cfg).uri))
+    negatives = prepared_files(cfg.storage.experiment)["negatives"]
+    task = ray.remote(**one_worker(cfg))(evaluate_checkpoint)
+    ref = task.remote(
+        cfg,
+        Location.parse(checkpoint).uri,
+        on=on,
+        negatives=negatives.uri if negatives is not None else None,
+        cache=cache_location(cfg).uri,
+    )
+    return ray.get(ref)

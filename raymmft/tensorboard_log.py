@@ -9,7 +9,7 @@ shows every trial as the run ``tensorboard/<trial_id>``.
 Tags (``<key>`` is a metric name as ``run_training`` reports it):
 
 - ``train/loss``, ``train/contrastive``: the total loss and its CLIP cross-entropy part;
-  ``train/cma_regularizer``: R = R_img + R_txt (mean negative log-sum-exp, METHOD.md §2);
+  ``train/cma_regularizer``: R = R_img + R_txt (mean negative log-sum-exp, docs/method.md, "The CMA loss");
   ``train/cma_term``: lam * R, the CMA part of the loss (when ``train.lam`` is an hparam);
   ``train/lr``, ``train/logit_scale``, ``train/images_per_s``.
 - ``eval/id_acc``, ``eval/modality_gap``, ``eval/score``;

@@ -1,12 +1,15 @@
-"""Class names and prompt templates → text for the CLIP text encoder."""
+"""Class names and prompt templates → text for the CLIP text encoder. Pure Python (no torch): the
+config validates templates with ``check_template``, the one place the rule lives."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-# The paper's prompt (METHOD.md §2) and the second template of its code.
+# The paper's prompt (docs/method.md, "Fine-tuning") and the second template of its code.
 PAPER_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "The nice {}.")
 DEFAULT_TEMPLATE = PAPER_TEMPLATES[0]
 
@@ -19,10 +22,24 @@ def imagenet_classnames() -> list[str]:
 
 
 def check_template(template: str) -> str:
-    """A template holds exactly one ``{}`` where the class name goes."""
-    if template.count("{}") != 1:
-        raise ValueError(f"prompt template must contain exactly one '{{}}', got {template!r}")
+    """A template holds exactly one ``{}`` where the class name goes (and no other braces, which
+    ``str.format`` would read as fields)."""
+    if (
+        template.count("{}") != 1
+        or template.replace("{}", "").count("{")
+        or template.replace("{}", "").count("}")
+    ):
+        raise ValueError(f"must contain exactly one '{{}}', got {template!r}")
     return template
+
+
+def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Prompts in class-major order: ``[t.format(c) for c in classnames for t in templates]``."""
+    if not templates:
+        raise ValueError("need at least one prompt template")
+    for template in templates:
+        check_template(template)
+    return [template.format(name) for name in classnames for template in templates]
 
 
 def format_prompts(classnames: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:

@@ -1,8 +1,9 @@
 """Ray Train's ``train_fn_per_worker``: the thin Ray adaptor around ``raymmft.loop.run_training``.
 
 It reads the worker's rank from the Ray Train context, wraps the model in DDP
-(``ray.train.torch.prepare_model``), resumes from ``ray.train.get_checkpoint()``, and reports each
-evaluation with rank 0's checkpoint, written atomically into a fresh directory.
+(``ray.train.torch.prepare_model``), resumes from ``ray.train.get_checkpoint()``, loads the
+negatives the search's preparation step mined, and reports each evaluation with rank 0's
+checkpoint, written atomically into a fresh directory.
 """
 
 from __future__ import annotations
@@ -33,19 +34,44 @@ def load_checkpoint(checkpoint: ray.train.Checkpoint) -> dict:
         return load_state(d)
 
 
-def _fault():
-    from raymmft.loop import Fault
+def fault_hooks():
+    """The loop's hooks: a ``FaultHooks`` when ``RAYMMFT_FAULT`` is set, else the no-op default."""
+    from raymmft.loop import Hooks
 
     spec = os.environ.get(FAULT_ENV)
     if not spec:
-        return None
+        return Hooks()
     rank, step, *kind = spec.split(":")
-    return Fault(
-        rank=int(rank),
-        step=int(step),
-        kind=kind[0] if kind else "exit",
-        marker=os.environ.get(FAULT_MARKER_ENV),
+    return FaultHooks(
+        int(rank), int(step), kind[0] if kind else "exit", os.environ.get(FAULT_MARKER_ENV)
     )
+
+
+class FaultHooks:
+    """Test-only fault injection: ``rank`` fails at global step ``step``. With a ``marker`` path
+    the fault fires once: the file is created first, and exists on retry."""
+
+    def __init__(self, rank: int, step: int, kind: str, marker: str | None):
+        self.rank, self.step, self.kind, self.marker = rank, step, kind, marker
+
+    def _fires(self, rank: int, step: int) -> bool:
+        if (rank, step) != (self.rank, self.step):
+            return False
+        if self.marker is None:
+            return True
+        try:
+            with open(self.marker, "x"):
+                return True
+        except FileExistsError:
+            return False
+
+    def before_step(self, rank: int, step: int, images) -> None:
+        if not self._fires(rank, step):
+            return
+        if self.kind == "exit":
+            os._exit(1)
+        if self.kind == "nan":
+            images.fill_(float("nan"))
 
 
 def _report(metrics: dict, state: dict | None) -> None:
@@ -61,20 +87,28 @@ def train_fn_per_worker(loop_config: dict) -> None:
     # open_clip logs every model build at INFO, and Ray Train logs every report's full metric dict.
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    from raymmft.loop import run_training
+    from raymmft.loop import RunInputs, Worker, run_training
+    from raymmft.ood.neglabel import NegativeLabels
+    from raymmft.storage import Location
 
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
-    run_training(
-        cfg,
+    negatives, cache, tensorboard = (
+        loop_config.get(k) for k in ("negatives", "cache_dir", "tensorboard_dir")
+    )
+    worker = Worker(
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),
         device=ray.train.torch.get_device(),
         wrap_model=ray.train.torch.prepare_model,
         report=_report,
-        resume_state=load_checkpoint(checkpoint) if checkpoint else None,
-        fault=_fault(),
-        cache_dir=loop_config.get("cache_dir"),
-        tensorboard_dir=loop_config.get("tensorboard_dir"),
     )
+    inputs = RunInputs(
+        resume_state=load_checkpoint(checkpoint) if checkpoint else None,
+        negatives=NegativeLabels.load(negatives) if negatives else None,
+        tensorboard=Location.parse(tensorboard) if tensorboard else None,
+        cache=Location.parse(cache) if cache else None,
+        started_at=loop_config.get("started_at"),
+    )
+    run_training(cfg, worker, inputs, fault_hooks())

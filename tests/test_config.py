@@ -61,7 +61,8 @@ BAD = {
     "zero_lr": (lambda r: r["train"].update(lr=0), "train.lr: must be > 0, got 0.0"),
     "negative_tau": (
         lambda r: r["model"].update(temperature=-0.1),
-        "model.temperature: must be > 0, got -0.1",
+        "model.temperature: must be in [0.01, 1] (CLIP clamps the logit scale 1/tau to [1, 100]), "
+        "got -0.1",
     ),
     "negative_lam": (lambda r: r["train"].update(lam=-1), "train.lam: must be >= 0, got -1.0"),
     "empty_space": (
@@ -94,7 +95,7 @@ BAD = {
     ),
     "unknown_score": (
         lambda r: r["eval"].update(scores=["neglabel", "odin"]),
-        "eval.scores: unknown OoD score 'odin' (known: energy, max_logit, mcm, msp, neglabel)",
+        "eval.scores[1]: unknown OoD score 'odin' (known: energy, max_logit, mcm, msp, neglabel)",
     ),
     "no_ood_val": (
         lambda r: r["data"].update(ood_val=[]),

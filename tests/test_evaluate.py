@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
+from raymmft import evaluation
+from raymmft.config import EvalConfig, NegLabelConfig
 from raymmft.errors import ConfigError
-from raymmft.evaluate import evaluate, evaluate_embeddings, format_table, modality_gap
-from raymmft.ood.embed import (
-    CachedTokenizer,
-    class_text_features,
-    encode_images,
-    encode_texts,
-)
+from raymmft.evaluation import Evaluator, evaluate_embeddings, format_table, modality_gap
+from raymmft.ood.corpus import corpus_from_words
+from raymmft.ood.embed import CachedTokenizer, TextEncoder, class_text_features, encode_images
 from raymmft.ood.metrics import accuracy, ood_metrics
 from raymmft.ood.neglabel import mine_negative_labels
 from raymmft.ood.scores import get_score
@@ -31,10 +32,11 @@ def _features(seed=0, d=12):
     return id_feats, labels, text, ood, negs
 
 
-def test_evaluate_embeddings_equals_library_functions():
+def test_evaluate_embeddings_equals_library_functions(monkeypatch):
     id_feats, labels, text, ood, negs = _features()
     names = ["neglabel", "mcm", "energy", "msp", "max_logit"]
     params = {"ngroups": 3, "seed": 4}
+    inputs = {"neglabel": {"neg_text_features": negs}}
     res = evaluate_embeddings(
         id_feats,
         labels,
@@ -42,26 +44,27 @@ def test_evaluate_embeddings_equals_library_functions():
         ood,
         scores=names,
         primary_score="mcm",
-        temperature=0.05,
-        neg_text_features=negs,
-        neglabel_params=params,
+        params={"temperature": 0.05, **params},
+        inputs=inputs,
     )
     assert res.scores == names and res.primary_score == "mcm"
     logits = F.normalize(id_feats, dim=-1) @ F.normalize(text, dim=-1).T
     assert res.id_accuracy == accuracy(logits, labels)
     for name in names:
         kwargs = {"temperature": 0.05, **(params if name == "neglabel" else {})}
-        id_s = get_score(name)(id_feats, text, negs, **kwargs)
+        kwargs.update(inputs.get(name, {}))
+        id_s = get_score(name)(id_feats, text, **kwargs)
         np.testing.assert_array_equal(res.id_scores[name], id_s.double().numpy())
         per_set = []
         for set_name, feats in ood.items():
-            ood_s = get_score(name)(feats, text, negs, **kwargs)
+            ood_s = get_score(name)(feats, text, **kwargs)
             expected = ood_metrics(id_s, ood_s)
             assert res.per_set[set_name][name] == expected
             per_set.append(expected)
         for metric in ("auroc", "fpr95", "aupr_in", "aupr_out"):
             assert res.mean[name][metric] == pytest.approx(np.mean([m[metric] for m in per_set]))
-    # images scored in blocks of batch_size: same numbers
+    # images scored in blocks of 7: same numbers
+    monkeypatch.setattr(evaluation, "SCORE_BLOCK", 7)
     small = evaluate_embeddings(
         id_feats,
         labels,
@@ -69,9 +72,8 @@ def test_evaluate_embeddings_equals_library_functions():
         ood,
         scores=names,
         primary_score="mcm",
-        temperature=0.05,
-        neg_text_features=negs,
-        neglabel_params={**params, "batch_size": 7},
+        params={"temperature": 0.05, **params},
+        inputs=inputs,
     )
     for name in names:
         np.testing.assert_allclose(small.id_scores[name], res.id_scores[name], rtol=1e-6)
@@ -125,7 +127,12 @@ def test_primary_score_is_always_computed_and_errors():
 def test_format_table_shows_the_numbers():
     id_feats, labels, text, ood, negs = _features()
     res = evaluate_embeddings(
-        id_feats, labels, text, ood, scores=["mcm", "neglabel"], neg_text_features=negs
+        id_feats,
+        labels,
+        text,
+        ood,
+        scores=["mcm", "neglabel"],
+        inputs={"neglabel": {"neg_text_features": negs}},
     )
     table = format_table(res)
     assert (
@@ -150,22 +157,35 @@ def tiny():
     return build_model("raymmft-tiny")
 
 
-def _loader(n, seed, batch=7, classes=3):
+def _set(n, seed, classes=3):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, 32, 32, generator=g)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    return [(images[i : i + batch], labels[i : i + batch]) for i in range(0, n, batch)]
+    return TensorDataset(images, torch.randint(0, classes, (n,), generator=g))
 
 
-def test_evaluate_model_equals_embeddings_path_and_encodes_each_text_once(tiny):
-    model, tok = tiny.model, tiny.tokenizer
-    classes = ["red circle", "blue square", "green star"]
+def _loader(dataset, batch=7):
+    return DataLoader(dataset, batch_size=batch, shuffle=False)
+
+
+CLASSES = ["red circle", "blue square", "green star"]
+
+
+def _encoder(bundle):
+    return TextEncoder(bundle.model, bundle.tokenizer)
+
+
+def test_evaluator_equals_embeddings_path_and_encodes_each_text_once(tiny):
+    model = tiny.model
     words = [f"word{i}" for i in range(24)]
-    id_loader, ood_loaders = _loader(20, 1), {"x": _loader(15, 2), "y": _loader(9, 3)}
+    id_set, ood_sets = _set(20, 1), {"x": _set(15, 2), "y": _set(9, 3)}
     templates = ["a photo of a {}.", "a drawing of a {}."]
     negatives = mine_negative_labels(
-        model, classes, tokenizer=tok, corpus=words, keep_fraction=0.25
+        _encoder(tiny), CLASSES, words, NegLabelConfig(keep_fraction=0.25)
     )
+    settings = EvalConfig(
+        scores=["neglabel", "mcm"], templates=templates, neglabel={"ngroups": 2}, batch_size=7
+    )
+    evaluator = Evaluator(settings, tiny, CLASSES, id_set, ood_sets, negatives=negatives)
 
     seen: list[int] = []
     original = model.encode_text
@@ -177,17 +197,7 @@ def test_evaluate_model_equals_embeddings_path_and_encodes_each_text_once(tiny):
     model.encode_text = counting
     model.train()
     try:
-        res = evaluate(
-            model,
-            tok,
-            id_loader,
-            classes,
-            ood_loaders,
-            scores=["neglabel", "mcm"],
-            templates=templates,
-            neglabel_params={"ngroups": 2},
-            negatives=negatives,
-        )
+        res = evaluator.evaluate(model)
     finally:
         del model.encode_text
     # class prompts (3 x 2) and the 6 negatives, each once; train mode restored
@@ -195,25 +205,25 @@ def test_evaluate_model_equals_embeddings_path_and_encodes_each_text_once(tiny):
     assert model.training
     model.eval()
 
-    id_feats, labels = encode_images(model, id_loader)
-    text = class_text_features(model, tok, classes, templates)
-    negs = encode_texts(model, tok, negatives.prompts)
+    id_feats, labels, _ = encode_images(model, _loader(id_set))
+    text = class_text_features(_encoder(tiny), CLASSES, templates)
+    negs = _encoder(tiny)(negatives.prompts)
     assert torch.allclose(negs, negatives.features, atol=1e-5)  # same model: same features
     ref = evaluate_embeddings(
         id_feats,
         labels,
         text,
-        {k: encode_images(model, v)[0] for k, v in ood_loaders.items()},
+        {k: encode_images(model, _loader(v))[0] for k, v in ood_sets.items()},
         scores=["neglabel", "mcm"],
-        neg_text_features=negs,
-        neglabel_params={"ngroups": 2},
+        params=settings.score_params,
+        inputs={"neglabel": {"neg_text_features": negs}},
     )
     assert res.id_accuracy == ref.id_accuracy and res.modality_gap == pytest.approx(
         ref.modality_gap
     )
     for s in ("neglabel", "mcm"):
         np.testing.assert_allclose(res.id_scores[s], ref.id_scores[s], rtol=1e-5)
-        for name in ood_loaders:
+        for name in ood_sets:
             for metric, value in ref.per_set[name][s].items():
                 assert res.per_set[name][s][metric] == pytest.approx(value, abs=1e-9)
 
@@ -235,12 +245,10 @@ def test_cached_tokenizer_returns_the_tokenizers_ids_and_tokenises_each_prompt_o
     assert torch.equal(cached(first), tiny.tokenizer(first)) and len(calls) == 2
 
 
-def test_evaluations_through_a_cached_tokenizer_equal_the_plain_ones(tiny):
-    model = tiny.model
-    classes = ["red circle", "blue square", "green star"]
+def test_later_evaluations_tokenise_nothing_and_give_the_same_numbers(tiny):
     words = [f"word{i}" for i in range(30)]
     negatives = mine_negative_labels(
-        model, classes, tokenizer=tiny.tokenizer, corpus=words, keep_fraction=0.3
+        _encoder(tiny), CLASSES, words, NegLabelConfig(keep_fraction=0.3)
     )
     tokenised: list[int] = []
 
@@ -248,55 +256,51 @@ def test_evaluations_through_a_cached_tokenizer_equal_the_plain_ones(tiny):
         tokenised.append(len(prompts))
         return tiny.tokenizer(prompts)
 
-    cached = CachedTokenizer(counting)
-    kwargs = dict(scores=["neglabel", "mcm"], neglabel_params={"ngroups": 1}, negatives=negatives)
-    loaders = (_loader(12, 1), {"x": _loader(10, 2)})
-    plain = evaluate(model, tiny.tokenizer, loaders[0], classes, loaders[1], **kwargs)
+    bundle = dataclasses.replace(tiny, tokenizer=counting)
+    settings = EvalConfig(scores=["neglabel", "mcm"], batch_size=7)
+    evaluator = Evaluator(
+        settings, bundle, CLASSES, _set(12, 1), {"x": _set(10, 2)}, negatives=negatives
+    )
+    first = evaluator.evaluate(tiny.model)
     for _ in range(2):
-        res = evaluate(model, cached, loaders[0], classes, loaders[1], **kwargs)
-        assert res.id_accuracy == plain.id_accuracy
+        res = evaluator.evaluate(tiny.model)
+        assert res.id_accuracy == first.id_accuracy
         for s in ("neglabel", "mcm"):
-            np.testing.assert_array_equal(res.id_scores[s], plain.id_scores[s])
-    assert sum(tokenised) == len(classes) + len(negatives)  # the second evaluation tokenised none
+            np.testing.assert_array_equal(res.id_scores[s], first.id_scores[s])
+    assert sum(tokenised) == len(CLASSES) + len(negatives)  # later evaluations tokenised none
 
 
 def test_class_text_features_average_templates(tiny):
-    model, tok = tiny.model, tiny.tokenizer
-    got = class_text_features(model, tok, ["a", "b"], ["x {}", "y {} z"])
-    each = encode_texts(model, tok, ["x a", "y a z", "x b", "y b z"]).view(2, 2, -1)
+    encode = _encoder(tiny)
+    got = class_text_features(encode, ["a", "b"], ["x {}", "y {} z"])
+    each = encode(["x a", "y a z", "x b", "y b z"]).view(2, 2, -1)
     expected = F.normalize(F.normalize(each, dim=-1).mean(1), dim=-1)
     assert torch.allclose(got, expected, atol=1e-6)
     assert torch.allclose(got.norm(dim=-1), torch.ones(2))
 
 
-def test_evaluate_mines_with_current_model_without_negatives(tiny, tmp_path):
-    model, tok = tiny.model, tiny.tokenizer
-    classes = ["red circle", "blue square", "green star"]
-    words = tuple(f"word{i}" for i in range(24))
-    res = evaluate(
-        model,
-        tok,
-        _loader(12, 1),
-        classes,
-        {"x": _loader(10, 2)},
-        scores=["neglabel"],
-        neglabel_params={"corpus": words, "keep_fraction": 0.5, "cache_dir": str(tmp_path)},
+def test_evaluator_mines_with_the_starting_model_without_negatives(tiny, tmp_path):
+    words = corpus_from_words([f"word{i}" for i in range(24)])
+    settings = EvalConfig(scores=["neglabel"], neglabel={"keep_fraction": 0.5})
+    evaluator = Evaluator(
+        settings, tiny, CLASSES, _set(12, 1), {"x": _set(10, 2)}, corpus=words, cache=tmp_path
     )
-    assert res.num_negatives == 12
+    assert evaluator.evaluate(tiny.model).num_negatives == 12
     assert len(list(tmp_path.glob("neglabel-*.pt"))) == 1  # mined and cached with this model
 
 
 def test_remine_each_eval_ignores_given_negatives_and_cache(tiny, tmp_path):
-    model, tok = tiny.model, tiny.tokenizer
-    classes = ["red circle", "blue square", "green star"]
-    words = tuple(f"word{i}" for i in range(24))
-    old = mine_negative_labels(model, classes, tokenizer=tok, corpus=words, keep_fraction=0.25)
-    params = {"corpus": words, "keep_fraction": 0.5, "cache_dir": str(tmp_path)}
-    kwargs = dict(scores=["neglabel"], negatives=old)
-    loaders = (_loader(12, 1), classes, {"x": _loader(10, 2)})
-    kept = evaluate(model, tok, *loaders, neglabel_params=params, **kwargs)
-    again = evaluate(
-        model, tok, *loaders, neglabel_params={**params, "remine_each_eval": True}, **kwargs
-    )
-    assert (kept.num_negatives, again.num_negatives) == (6, 12)
+    words = corpus_from_words([f"word{i}" for i in range(24)])
+    old = mine_negative_labels(_encoder(tiny), CLASSES, words, NegLabelConfig(keep_fraction=0.25))
+    sets = (_set(12, 1), {"x": _set(10, 2)})
+    counts = []
+    for remine in (False, True):
+        settings = EvalConfig(
+            scores=["neglabel"], neglabel={"keep_fraction": 0.5, "remine_each_eval": remine}
+        )
+        evaluator = Evaluator(
+            settings, tiny, CLASSES, *sets, negatives=old, corpus=words, cache=tmp_path
+        )
+        counts.append(evaluator.evaluate(tiny.model).num_negatives)
+    assert counts == [6, 12]
     assert not list(tmp_path.iterdir())

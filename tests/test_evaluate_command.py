@@ -60,7 +60,9 @@ def test_evaluate_command_table_and_json_equal_library(tmp_path, capsys):
     # the same embeddings, computed here with the library functions
     from raymmft.data import build_loader, open_dataset
     from raymmft.model import build_model
-    from raymmft.ood.embed import class_text_features, encode_images
+    from raymmft.config import NegLabelConfig
+    from raymmft.ood.embed import TextEncoder, class_text_features, encode_images
+    from raymmft.world.corpus import world_corpus
     from raymmft.ood.metrics import accuracy, ood_metrics
     from raymmft.ood.neglabel import mine_negative_labels
     from raymmft.ood.scores import clip_logits, energy_score, mcm_score, neglabel_score
@@ -70,7 +72,7 @@ def test_evaluate_command_table_and_json_equal_library(tmp_path, capsys):
     model, tok = bundle.model, bundle.tokenizer
     id_set = open_dataset(ID, bundle.preprocess_eval)
     classes = id_set.classnames
-    id_f, labels = encode_images(model, build_loader(id_set, 64, shuffle=False, seed=0))
+    id_f, labels, _ = encode_images(model, build_loader(id_set, 64, shuffle=False, seed=0))
     ood_f = {
         name: encode_images(
             model,
@@ -83,8 +85,10 @@ def test_evaluate_command_table_and_json_equal_library(tmp_path, capsys):
         )[0]
         for name, spec in (("near", NEAR), ("far", FAR))
     }
-    text = class_text_features(model, tok, classes, ["a photo of a {}."])
-    neg = mine_negative_labels(model, classes, tokenizer=tok, corpus="world", keep_fraction=0.25)
+    encode = TextEncoder(model, tok)
+    text = class_text_features(encode, classes, ["a photo of a {}."])
+    settings = NegLabelConfig(keep_fraction=0.25)
+    neg = mine_negative_labels(encode, classes, world_corpus("world"), settings)
     assert len(neg) == int(88 * 0.25) == saved["num_negatives"]
 
     def scores(f):
@@ -119,7 +123,7 @@ def test_evaluate_command_table_and_json_equal_library(tmp_path, capsys):
         "near": NEAR.replace("&name=near", ""),
         "far": FAR.replace("&name=far", ""),
     }
-    assert saved["neglabel"]["ngroups"] == 2 and saved["model"]["arch"] == "raymmft-tiny"
+    assert saved["eval"]["neglabel"]["ngroups"] == 2 and saved["model"]["arch"] == "raymmft-tiny"
 
     # the printed table carries the same numbers
     assert f"ID accuracy: {100 * saved['id_accuracy']:.2f} %" in printed
@@ -161,17 +165,17 @@ def test_checkpoint_mines_with_start_model_and_reencodes(tmp_path, capsys):
         (
             ["--scores", "mcm,odin"],
             ConfigError,
-            "unknown OoD score 'odin' (known: energy, max_logit, mcm, msp, neglabel)",
+            "--scores: unknown OoD score 'odin' (known: energy, max_logit, mcm, msp, neglabel)",
         ),
         (
             ["--primary-score", "knn"],
             ConfigError,
-            "unknown OoD score 'knn' (known: energy, max_logit, mcm, msp, neglabel)",
+            "--primary-score: unknown OoD score 'knn' (known: energy, max_logit, mcm, msp, neglabel)",
         ),
         (
             ["--template", "a photo"],
             ConfigError,
-            "--template must contain exactly one '{}', got 'a photo'",
+            "--template: must contain exactly one '{}', got 'a photo'",
         ),
         (
             ["--ood", NEAR],
@@ -181,14 +185,18 @@ def test_checkpoint_mines_with_start_model_and_reencodes(tmp_path, capsys):
         (
             ["--neg-exclude", "noun.animals"],
             ConfigError,
-            "unknown WordNet category 'noun.animals' (known: noun.Tops,",
+            "--neg-exclude: unknown WordNet category 'noun.animals' (known: noun.Tops,",
         ),
         (
             ["--neg-keep-fraction", "0"],
             ConfigError,
-            "--neg-keep-fraction must be in (0, 1], got 0.0",
+            "--neg-keep-fraction: Input should be greater than 0, got 0.0",
         ),
-        (["--temperature", "-1"], ConfigError, "--temperature must be > 0, got -1.0"),
+        (
+            ["--temperature", "-1"],
+            ConfigError,
+            "--temperature: Input should be greater than 0, got -1.0",
+        ),
         (
             ["--checkpoint", "/nonexistent/ckpt.pt"],
             ModelError,

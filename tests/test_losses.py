@@ -15,7 +15,7 @@ def _features(b=12, d=16, seed=0):
 
 
 def _reference(img, txt, scale, lam):
-    """METHOD.md §2 written out row by row in float64."""
+    """docs/method.md, "The CMA loss" written out row by row in float64."""
     img = img.double() / img.double().norm(dim=1, keepdim=True)
     txt = txt.double() / txt.double().norm(dim=1, keepdim=True)
     b = img.shape[0]

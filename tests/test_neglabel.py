@@ -8,15 +8,25 @@ import numpy as np
 import pytest
 import torch
 
+from pydantic import ValidationError
+
+from raymmft.config import EvalConfig, NegLabelConfig
+from raymmft.corpora import resolve_corpus
 from raymmft.errors import ConfigError
 from raymmft.ood.corpus import WordCorpus
+from raymmft.ood.embed import TextEncoder
 from raymmft.ood.neglabel import (
     NegativeLabels,
-    NegLabelParams,
     encode_negative_labels,
     eta_quantile,
     mine_negative_labels,
 )
+
+
+def mine(encoder, classes, corpus, *, cache=None, **settings):
+    """Mining with the config's NegLabel section built from ``settings``."""
+    return mine_negative_labels(encoder, classes, corpus, NegLabelConfig(**settings), cache=cache)
+
 
 D = 8
 
@@ -91,7 +101,7 @@ def test_eta_quantile_matches_numpy():
 def test_mining_selects_least_similar_per_kind():
     table, corpus = _table()
     enc = FakeEncoder(table)
-    neg = mine_negative_labels(enc, CLASSES, corpus=corpus, keep_fraction=0.5)
+    neg = mine(enc, CLASSES, corpus, keep_fraction=0.5)
     # 4 nouns left after dropping 'Cat' -> int(4 * 0.5) = 2; 4 adjectives -> 2
     assert neg.words == ["far", "flat", "shiny", "dull"]
     assert neg.kinds == ["noun", "noun", "adj", "adj"]
@@ -112,28 +122,22 @@ def test_eta_decides_the_ranking():
     table, corpus = _table()
     only = WordCorpus("two", ("peaked", "flat"))
     # eta = 0.95: 'peaked' is near one class (0.81 > 0.3) -> 'flat' is the negative
-    assert mine_negative_labels(
-        FakeEncoder(table), CLASSES, corpus=only, keep_fraction=0.5
-    ).words == ["flat"]
+    assert mine(FakeEncoder(table), CLASSES, only, keep_fraction=0.5).words == ["flat"]
     # eta = 0 ranks by the minimum similarity: 0 < 0.3 -> 'peaked'
-    got = mine_negative_labels(FakeEncoder(table), CLASSES, corpus=only, keep_fraction=0.5, eta=0.0)
+    got = mine(FakeEncoder(table), CLASSES, only, keep_fraction=0.5, eta=0.0)
     assert got.words == ["peaked"]
 
 
 def test_max_negatives_splits_in_proportion():
     table, corpus = _table()
-    neg = mine_negative_labels(
-        FakeEncoder(table), CLASSES, corpus=corpus, keep_fraction=1.0, max_negatives=3
-    )
+    neg = mine(FakeEncoder(table), CLASSES, corpus, keep_fraction=1.0, max_negatives=3)
     # keep 4 + 4, capped at 3: round(3 * 4 / 8) = 2 nouns, 1 adjective, least similar first
     assert neg.words == ["far", "flat", "shiny"]
 
 
 def test_plain_word_list_corpus_uses_noun_template():
     table, _ = _table()
-    neg = mine_negative_labels(
-        FakeEncoder(table), CLASSES, corpus=["near", "far", "far", "dog"], keep_fraction=0.5
-    )
+    neg = mine(FakeEncoder(table), CLASSES, ["near", "far", "far", "dog"], keep_fraction=0.5)
     # duplicates and the ID name 'dog' removed -> 2 candidates -> keep 1
     assert neg.words == ["far"] and neg.prompts == ["a photo of a far."]
 
@@ -141,21 +145,19 @@ def test_plain_word_list_corpus_uses_noun_template():
 def test_cache_hit_skips_encoding_and_miss_on_changed_inputs(tmp_path):
     table, corpus = _table()
     enc = FakeEncoder(table)
-    first = mine_negative_labels(enc, CLASSES, corpus=corpus, keep_fraction=0.5, cache_dir=tmp_path)
+    first = mine(enc, CLASSES, corpus, keep_fraction=0.5, cache=tmp_path)
     assert enc.calls > 0 and not first.from_cache
     assert len(list(tmp_path.glob("neglabel-*.pt"))) == 1
 
     enc.calls = 0
-    again = mine_negative_labels(enc, CLASSES, corpus=corpus, keep_fraction=0.5, cache_dir=tmp_path)
+    again = mine(enc, CLASSES, corpus, keep_fraction=0.5, cache=tmp_path)
     assert enc.calls == 0 and again.from_cache
     assert again.words == first.words and torch.equal(again.features, first.features)
     assert again.fingerprint == first.fingerprint
 
     # different ID class names -> a new fingerprint, encoded again
     table["a photo of a bird."] = _e(7)
-    changed = mine_negative_labels(
-        enc, [*CLASSES, "bird"], corpus=corpus, keep_fraction=0.5, cache_dir=tmp_path
-    )
+    changed = mine(enc, [*CLASSES, "bird"], corpus, keep_fraction=0.5, cache=tmp_path)
     assert enc.calls > 0 and not changed.from_cache and changed.fingerprint != first.fingerprint
 
     # other weights, template or parameters: misses too
@@ -164,29 +166,26 @@ def test_cache_hit_skips_encoding_and_miss_on_changed_inputs(tmp_path):
         ({"eta": 0.9}, FakeEncoder(table)),
         ({"keep_fraction": 0.75}, FakeEncoder(table)),
     ):
-        mine_negative_labels(
-            encoder, CLASSES, corpus=corpus, cache_dir=tmp_path, **{"keep_fraction": 0.5, **kwargs}
-        )
+        mine(encoder, CLASSES, corpus, cache=tmp_path, **{"keep_fraction": 0.5, **kwargs})
         assert encoder.calls > 0, kwargs
     assert len(list(tmp_path.glob("neglabel-*.pt"))) == 5
 
 
 def test_cache_with_a_real_model_keys_on_weights(tmp_path):
     from raymmft.model import build_model
-    from raymmft.ood.embed import TextEncoder
 
     torch.manual_seed(0)
     bundle = build_model("raymmft-tiny")
     words = [f"thing{i}" for i in range(30)]
-    kwargs = dict(corpus=words, keep_fraction=0.2, cache_dir=tmp_path)
-    first = mine_negative_labels(bundle.model, CLASSES, tokenizer=bundle.tokenizer, **kwargs)
+    kwargs = dict(keep_fraction=0.2, cache=tmp_path)
+    first = mine(TextEncoder(bundle.model, bundle.tokenizer), CLASSES, words, **kwargs)
     assert len(first) == 6 and first.features.shape == (6, 64)
 
     calls = []
     encoder = TextEncoder(bundle.model, bundle.tokenizer)
     counting = lambda prompts: calls.append(len(prompts)) or encoder(prompts)  # noqa: E731
     counting.fingerprint = encoder.fingerprint
-    assert mine_negative_labels(counting, CLASSES, **kwargs).from_cache and calls == []
+    assert mine(counting, CLASSES, words, **kwargs).from_cache and calls == []
 
     # the features are what the model gives for the selected prompts
     assert torch.allclose(encoder(first.prompts), first.features, atol=1e-5)
@@ -195,12 +194,12 @@ def test_cache_with_a_real_model_keys_on_weights(tmp_path):
         bundle.model.text_projection.add_(0.1)
     changed = TextEncoder(bundle.model, bundle.tokenizer)
     assert changed.fingerprint() != encoder.fingerprint()
-    assert not mine_negative_labels(changed, CLASSES, **kwargs).from_cache
+    assert not mine(changed, CLASSES, words, **kwargs).from_cache
 
 
 def test_reencode_with_current_model():
     table, corpus = _table()
-    neg = mine_negative_labels(FakeEncoder(table), CLASSES, corpus=corpus, keep_fraction=0.5)
+    neg = mine(FakeEncoder(table), CLASSES, corpus, keep_fraction=0.5)
     # a 'fine-tuned' encoder: every vector rotated by a fixed permutation of axes
     rotated = {p: np.roll(v, 1) for p, v in table.items()}
     enc = FakeEncoder(rotated)
@@ -216,55 +215,44 @@ def test_reencode_with_current_model():
 def test_mining_bad_inputs():
     table, corpus = _table()
     enc = FakeEncoder(table)
-    with pytest.raises(ValueError, match=r"^eta must be in \[0, 1\], got 1.5$"):
-        mine_negative_labels(enc, CLASSES, corpus=corpus, eta=1.5)
-    with pytest.raises(ValueError, match=r"^keep_fraction must be in \(0, 1\], got 0$"):
-        mine_negative_labels(enc, CLASSES, corpus=corpus, keep_fraction=0)
+    with pytest.raises(ValidationError, match=r"eta\n  Input should be less than or equal to 1"):
+        mine(enc, CLASSES, corpus, eta=1.5)
+    with pytest.raises(ValidationError, match=r"keep_fraction\n  Input should be greater than 0"):
+        mine(enc, CLASSES, corpus, keep_fraction=0)
     with pytest.raises(
         ValueError,
         match=r"^NegLabel mining keeps no words: 1 nouns and 0 adjectives with keep_fraction=0.15; "
         r"use a larger corpus or keep_fraction$",
     ):
-        mine_negative_labels(enc, CLASSES, corpus=["far"])
+        mine(enc, CLASSES, ["far"])
     with pytest.raises(
         ValueError, match=r"^need at least one ID class name to mine negative labels$"
     ):
-        mine_negative_labels(enc, [], corpus=corpus)
+        mine(enc, [], corpus)
     with pytest.raises(ValueError, match=r"^caching mined negatives needs model_fingerprint="):
-        mine_negative_labels(
-            lambda p: enc(p), CLASSES, corpus=corpus, keep_fraction=0.5, cache_dir="/nonexistent"
-        )
+        mine(lambda p: enc(p), CLASSES, corpus, keep_fraction=0.5, cache="/nonexistent")
     with pytest.raises(
         ConfigError,
-        match=r"^unknown NegLabel corpus 'imagenet' \(known: wordnet, world, or a word file with one "
-        r"word per line\)$",
+        match=r"^unknown NegLabel corpus 'imagenet' \(known: wordnet, world, world\+wordnet, "
+        r"world\+wordnet:N, or a word file with one word per line\)$",
     ):
-        mine_negative_labels(enc, CLASSES, corpus="imagenet")
-    with pytest.raises(
-        ConfigError, match=r"^unknown NegLabel parameter 'etaa' \(known: adj_template,"
-    ):
-        NegLabelParams.from_mapping({"etaa": 0.9})
+        resolve_corpus(NegLabelConfig(corpus="imagenet"))
+    with pytest.raises(ValidationError, match=r"etaa\n  Extra inputs are not permitted"):
+        NegLabelConfig(etaa=0.9)
 
 
-def test_params_from_the_config_section_and_word_file(tmp_path):
-    from raymmft.config import NegLabelConfig
-
-    params = NegLabelParams.from_mapping(
-        NegLabelConfig(corpus="world", exclude_categories=["noun.animal"], ngroups=3, eta=0.9)
+def test_scoring_parameters_come_from_the_config_and_word_files_are_corpora(tmp_path):
+    settings = EvalConfig(
+        neglabel=NegLabelConfig(corpus="world", exclude_categories=["noun.animal"], ngroups=3)
     )
-    assert (params.corpus, params.exclude_categories, params.ngroups, params.eta) == (
-        "world",
-        ("noun.animal",),
-        3,
-        0.9,
-    )
-    assert params.score_kwargs() == {"ngroups": 3, "seed": 0, "batch_size": 1024}
+    assert settings.score_params == {"temperature": 0.01, "ngroups": 3, "seed": 0}
     # a word file: one word per line, blank lines and '#' comments skipped
     table, _ = _table()
     words = tmp_path / "words.txt"
     words.write_text("# candidates\nnear\n\nfar\n")
-    got = mine_negative_labels(FakeEncoder(table), CLASSES, corpus=str(words), keep_fraction=0.5)
-    assert got.words == ["far"]
+    corpus = resolve_corpus(NegLabelConfig(corpus=str(words)))
+    assert corpus.nouns == ("near", "far")
+    assert mine(FakeEncoder(table), CLASSES, corpus, keep_fraction=0.5).words == ["far"]
 
 
 def test_fingerprint_ignores_what_text_encoding_does_not_read():

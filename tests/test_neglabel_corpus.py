@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from raymmft.config import NegLabelConfig
 from raymmft.errors import ConfigError
 from raymmft.ood.corpus import WORDNET_CORPUS, load_wordnet_corpus
 from raymmft.ood.neglabel import mine_negative_labels
@@ -92,7 +93,8 @@ def md5_encoder(prompts):
 
 def test_mining_full_wordnet_matches_direct_selection():
     classes = ["dog", "cat", "oak", "car", "Shiny"]
-    neg = mine_negative_labels(md5_encoder, classes, keep_fraction=0.15)
+    settings = NegLabelConfig(keep_fraction=0.15)
+    neg = mine_negative_labels(md5_encoder, classes, load_wordnet_corpus(), settings)
     corpus = load_wordnet_corpus()
     ids = {c.lower() for c in classes}
     nouns = [w for w in corpus.nouns if w.lower() not in ids]

@@ -13,6 +13,7 @@ from test_report import TRIALS, make_experiment
 
 from raymmft.checkpoint import load_state, load_weights, save_state
 from raymmft.cli import main
+from raymmft.config import NegLabelConfig
 from raymmft.results.report import write_report
 from raymmft.storage import Location
 
@@ -100,9 +101,10 @@ def test_neglabel_cache_lives_in_the_bucket(s3_env):
 
     cache = s3_env.uri("unit/cache", query=True)
     words = [f"word{i}" for i in range(40)]
-    first = mine_negative_labels(Encoder(), ["cat", "dog"], corpus=words, cache_dir=cache)
+    settings = NegLabelConfig()
+    first = mine_negative_labels(Encoder(), ["cat", "dog"], words, settings, cache=cache)
     calls = Encoder.calls
-    again = mine_negative_labels(Encoder(), ["cat", "dog"], corpus=words, cache_dir=cache)
+    again = mine_negative_labels(Encoder(), ["cat", "dog"], words, settings, cache=cache)
     assert Encoder.calls == calls, "the second mining read the bucket instead of encoding"
     assert again.from_cache and not first.from_cache and again.words == first.words
     assert torch.equal(again.features, first.features)

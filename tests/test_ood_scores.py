@@ -28,7 +28,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _ref_neglabel(f, t, n, temp):
-    """METHOD.md §3 literally, in float64: sum exp(pos) / (sum exp(pos) + sum exp(neg))."""
+    """docs/method.md, "Post-hoc OoD scores" literally, in float64: sum exp(pos) / (sum exp(pos) + sum exp(neg))."""
     f, t, n = _unit(f), _unit(t), _unit(n)
     pos = np.exp(f @ t.T / temp).sum(axis=1)
     neg = np.exp(f @ n.T / temp).sum(axis=1)
@@ -137,12 +137,13 @@ def test_registry_uniform_call_matches_functions(feats):
     }
     assert sorted(SCORES) == sorted(expected)
     for name, value in expected.items():
-        got = get_score(name)(f, t, n, temperature=temp)
+        inputs = {"neg_text_features": n} if name == "neglabel" else {}
+        got = get_score(name)(f, t, temperature=temp, **inputs)
         assert torch.allclose(got, value, rtol=1e-5), name
     shared = {"temperature": temp, "ngroups": 2, "seed": 1}
-    assert torch.allclose(get_score("mcm").call_with(f, t, None, shared), expected["mcm"])
+    assert torch.allclose(get_score("mcm").call_with(f, t, shared), expected["mcm"])
     assert torch.allclose(
-        get_score("neglabel").call_with(f, t, n, shared),
+        get_score("neglabel").call_with(f, t, shared, {"neg_text_features": n}),
         neglabel_score(f, t, n, temp, ngroups=2, seed=1),
     )
 
@@ -153,12 +154,12 @@ def test_registry_errors(feats):
     with pytest.raises(ConfigError, match=msg):
         get_score("x")
     with pytest.raises(ConfigError, match=r"^OoD score 'neglabel' needs negative text features$"):
-        get_score("neglabel")(f, t, None)
+        get_score("neglabel")(f, t)
     with pytest.raises(
         ConfigError,
         match=r"^unknown parameter 'ngroups' for OoD score 'mcm' \(known: temperature\)$",
     ):
-        get_score("mcm")(f, t, None, ngroups=2)
+        get_score("mcm")(f, t, ngroups=2)
 
 
 def test_score_input_errors(feats):

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
-from raymmft.evaluate import EvaluationResult
+from raymmft.evaluation import EvaluationResult
 from raymmft.tensorboard_log import METRIC_TAGS, TrialWriter, hparams_of
 
 HPARAMS = {"train.lam": 0.01, "model.temperature": 0.05, "train.lr": 3e-4, "train.batch_size": 64}

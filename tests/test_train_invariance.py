@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from raymmft.config import validate_config
-from raymmft.loop import run_training
+from raymmft.loop import Worker, run_training
 
 RAW = {
     "model": {"arch": "raymmft-tiny", "temperature": 0.05},
@@ -42,13 +42,13 @@ def _run(rank, world_size, port, out):
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
     reports = []
     try:
-        run_training(
-            validate_config(RAW),
+        worker = Worker(
             rank=rank,
             world_size=world_size,
             wrap_model=DDP if world_size > 1 else (lambda m: m),
             report=lambda metrics, state: reports.append((metrics, state)),
         )
+        run_training(validate_config(RAW), worker)
         if world_size > 1:
             # The DDP model gone, both ranks done, then tear down gloo (see
             # test_loss_distributed.py).
@@ -99,7 +99,8 @@ def test_lam_changes_the_weights():
     for lam in (0.0, 0.5):
         raw = {**RAW, "train": {**RAW["train"], "lam": lam}}
         reports = []
-        run_training(validate_config(raw), report=lambda m, s, out=reports: out.append((m, s)))
+        worker = Worker(report=lambda m, s, out=reports: out.append((m, s)))
+        run_training(validate_config(raw), worker)
         states[lam] = reports[-1]
     (m0, s0), (m1, s1) = states[0.0], states[0.5]
     assert m0["train_regularizer"] == pytest.approx(m1["train_regularizer"], rel=1e-6), (

@@ -6,13 +6,16 @@ import json
 import pytest
 import torch
 
-from raymmft import world
 from raymmft.data import build_loader, open_dataset
+from raymmft.data.shapes import world_concepts
 from raymmft.errors import ConfigError
-from raymmft.evaluate import modality_gap
+from raymmft.evaluation import modality_gap
 from raymmft.model import build_model
-from raymmft.ood.embed import class_text_features, encode_images
+from raymmft.ood.embed import TextEncoder, class_text_features, encode_images
 from raymmft.ood.metrics import accuracy
+from raymmft.world import WORLD_ARCH, WORLD_METRICS, WORLD_TAG, WORLD_WEIGHTS, compare, pretrain
+from raymmft.world.corpus import world_corpus
+from raymmft.world.metrics import metrics_within_tolerance
 
 
 @pytest.fixture(autouse=True)
@@ -26,31 +29,32 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def shipped():
-    return build_model(world.WORLD_ARCH, world.WORLD_TAG)
+    return build_model(WORLD_ARCH, WORLD_TAG)
 
 
 def held_out_features(bundle, classes, per_class):
     spec = {"uri": "builtin:shapes", "split": "test", "classes": classes, "per_class": per_class}
     dataset = open_dataset(spec, bundle.preprocess_eval)
-    images, labels = encode_images(bundle.model, build_loader(dataset, 256, shuffle=False, seed=0))
-    texts = class_text_features(
-        bundle.model, bundle.tokenizer, list(dataset.classnames), ["a photo of a {}."]
+    images, labels, _ = encode_images(
+        bundle.model, build_loader(dataset, 256, shuffle=False, seed=0)
     )
+    encode = TextEncoder(bundle.model, bundle.tokenizer)
+    texts = class_text_features(encode, list(dataset.classnames), ["a photo of a {}."])
     return images, labels, texts
 
 
 def test_shipped_weights_load_offline_as_a_named_tag(shipped):
-    state = torch.load(world.WORLD_WEIGHTS, map_location="cpu", weights_only=True)
-    assert world.WORLD_WEIGHTS.stat().st_size < 10 * 2**20
+    state = torch.load(WORLD_WEIGHTS, map_location="cpu", weights_only=True)
+    assert WORLD_WEIGHTS.stat().st_size < 10 * 2**20
     assert all(t.dtype == torch.float16 for k, t in state.items() if k != "logit_scale")
     own = shipped.model.state_dict()
     assert set(state) == set(own)
     # fp16 -> fp32 is exact: the loaded model holds exactly the shipped weights
     assert all(torch.equal(own[k], state[k].float()) for k in state)
     assert shipped.model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-4)
-    record = json.loads(world.WORLD_METRICS.read_text())
-    assert record["weights_fingerprint"] == world.weights_fingerprint(state)
-    assert record["arch"] == world.WORLD_ARCH
+    record = json.loads(WORLD_METRICS.read_text())
+    assert record["weights_fingerprint"] == pretrain.weights_fingerprint(state)
+    assert record["arch"] == WORLD_ARCH
 
 
 def test_shipped_model_knows_the_world_zero_shot(shipped):
@@ -71,7 +75,7 @@ def test_shipped_model_has_a_clip_like_modality_gap(shipped):
 
 
 def finetune_config(lam: float):
-    return world.world_config(
+    return compare.world_config(
         {
             "train.lam": lam,
             "train.epochs": 1,
@@ -94,52 +98,54 @@ def finetune_config(lam: float):
 def test_cma_closes_the_modality_gap_more_than_flyp():
     gaps = {}
     for lam in (0.0, 1.0):
-        result = world.finetune_world(finetune_config(lam))
+        result = compare.finetune_world(finetune_config(lam))
         gaps[lam] = result["metrics"]["modality_gap"]
         assert result["metrics"]["step"] == 4
-    shipped_gap = json.loads(world.WORLD_METRICS.read_text())["metrics"]["modality_gap"]
+    shipped_gap = json.loads(WORLD_METRICS.read_text())["metrics"]["modality_gap"]
     assert gaps[1.0] < gaps[0.0] - 0.02
     assert gaps[1.0] < shipped_gap - 0.05
 
 
 def test_pretraining_is_deterministic_for_a_seed():
     def weights(seed):
-        settings = world.PretrainSettings(seed=seed, steps=3, warmup_steps=1, images_per_concept=2)
-        return world.pretrain_world(settings, threads=1).model.state_dict()
+        settings = pretrain.PretrainSettings(
+            seed=seed, steps=3, warmup_steps=1, images_per_concept=2
+        )
+        return pretrain.pretrain_world(settings, threads=1).model.state_dict()
 
     first, again, other = weights(0), weights(0), weights(1)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["text_projection"], other["text_projection"])
     # it trained: the weights moved away from the seed's initialisation
     torch.manual_seed(0)
-    init = build_model(world.WORLD_ARCH).model.state_dict()
+    init = build_model(WORLD_ARCH).model.state_dict()
     assert not torch.equal(first["visual.proj"], init["visual.proj"])
 
 
 def test_pretraining_settings_are_checked():
     with pytest.raises(ValueError, match="exactly one"):
-        world.PretrainSettings(templates=("a photo.",))
+        pretrain.PretrainSettings(templates=("a photo.",))
     with pytest.raises(ValueError, match="steps"):
-        world.PretrainSettings(steps=0)
+        pretrain.PretrainSettings(steps=0)
 
 
 def test_world_corpus_adds_wordnet_words_to_the_concepts():
-    corpus = world.world_corpus("world+wordnet:500")
-    concepts = world.shapes.world_concepts()
+    corpus = world_corpus("world+wordnet:500")
+    concepts = world_concepts()
     assert corpus.nouns[:100] == tuple(concepts)
     extra = len(corpus.nouns) - 100 + len(corpus.adjectives)
     assert extra == 500
     assert len(corpus.adjectives) > 0
-    assert world.world_corpus("world+wordnet:500") == corpus  # a fixed draw
-    assert world.world_corpus("world") is None
+    assert world_corpus("world+wordnet:500") == corpus  # a fixed draw
+    assert world_corpus("world").nouns == tuple(concepts)  # the concept names alone
     with pytest.raises(ConfigError, match=r"world\+wordnet:N"):
-        world.world_corpus("world+wordnet:many")
+        world_corpus("world+wordnet:many")
 
 
 def test_recorded_metrics_tolerance_flags_a_miss():
     recorded = {"id_acc": 0.99, "neglabel/auroc/near": 0.9, "modality_gap": 0.6}
-    assert world.metrics_within_tolerance(dict(recorded), recorded) == []
-    misses = world.metrics_within_tolerance({**recorded, "neglabel/auroc/near": 0.8}, recorded)
+    assert metrics_within_tolerance(dict(recorded), recorded) == []
+    misses = metrics_within_tolerance({**recorded, "neglabel/auroc/near": 0.8}, recorded)
     assert len(misses) == 1 and misses[0].startswith("neglabel/auroc/near")
 
 
@@ -150,7 +156,7 @@ def test_markdown_table_rows_and_cells():
             row[f"{score}/ood_{metric}/near"] = 0.9
             row[f"{score}/ood_{metric}/far"] = 0.1
     rows = [{"method": "zero-shot", "lam": None, **row}, {"method": "CMA", "lam": 0.3, **row}]
-    lines = world.markdown_table(rows, ["near", "far"]).splitlines()
+    lines = compare.markdown_table(rows, ["near", "far"]).splitlines()
     assert len(lines) == 4
     assert lines[2].startswith("| zero-shot | 50.0 | 0.250 | 90.0 / 10.0 |")
     assert lines[3].startswith("| CMA (λ = 0.3) |")

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="default",
         dest="id_set",
         help="ID concepts of the built-in config: the world's default selection, or 12 confusable "
-        "ones (raymmft.world.FINE_GRAINED_ID_CONCEPTS) (default %(default)s)",
+        "ones (raymmft.world.compare.FINE_GRAINED_ID_CONCEPTS) (default %(default)s)",
     )
     p.add_argument("--config", help="a config file to use instead of the built-in world config")
     p.add_argument(
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from raymmft.config import load_config, parse_overrides
-    from raymmft.world import (
+    from raymmft.world.compare import (
         FINE_GRAINED_ID_CONCEPTS,
         compare_methods,
         markdown_table,
@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("compare-world evaluates on data.ood_test, which is empty")
 
     rows = compare_methods(cfg, lams, progress=lambda msg: print(msg, flush=True))
-    from raymmft.loop import ood_set_names
+    from raymmft.data.spec import set_names
 
-    names = ood_set_names(cfg.data.ood_test)
+    names = set_names(cfg.data.ood_test)
     id_name = cfg.data.id_val.display_name
     t = cfg.train
     print(

@@ -9,8 +9,10 @@ Example (built-in data, random tiny model)::
         --scores neglabel,mcm --neg-corpus world --out results.json
 
 Prints a table per score (per OoD set: AUROC, FPR95, AUPR-in, AUPR-out; their mean; ID accuracy)
-and writes the same as JSON. With ``--checkpoint``, NegLabel negatives are mined with the starting
-model (``--arch``/``--pretrained``) and re-encoded with the checkpoint's weights, as during training.
+and writes the same as JSON. The flags fill the config's ``eval`` section (``EvalConfig``), which
+holds every rule about their values. With ``--checkpoint``, NegLabel negatives are mined with the
+starting model (``--arch``/``--pretrained``) and re-encoded with the checkpoint's weights, as during
+training.
 """
 
 from __future__ import annotations
@@ -20,7 +22,21 @@ import os
 
 from raymmft.errors import ConfigError, ModelError
 
-DEFAULT_SCORES = "neglabel,mcm,msp,energy"
+# flag -> the field of EvalConfig it sets
+EVAL_FLAGS = {
+    "scores": ("--scores", "scores"),
+    "primary_score": ("--primary-score", "ood_score"),
+    "templates": ("--template", "templates"),
+    "temperature": ("--temperature", "temperature"),
+    "batch_size": ("--batch-size", "batch_size"),
+    "neg_corpus": ("--neg-corpus", "neglabel.corpus"),
+    "neg_eta": ("--neg-eta", "neglabel.eta"),
+    "neg_keep_fraction": ("--neg-keep-fraction", "neglabel.keep_fraction"),
+    "neg_max": ("--neg-max", "neglabel.max_negatives"),
+    "neg_ngroups": ("--neg-ngroups", "neglabel.ngroups"),
+    "neg_seed": ("--neg-seed", "neglabel.seed"),
+    "neg_exclude": ("--neg-exclude", "neglabel.exclude_categories"),
+}
 
 
 def _default_cache() -> str:
@@ -55,10 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="an OoD set (repeat for several); name it with the spec option name=...",
     )
-    data.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    data.add_argument("--batch-size", type=int, help="images per batch (eval.batch_size)")
 
-    ood = p.add_argument_group("scores")
-    ood.add_argument("--scores", default=DEFAULT_SCORES, help="comma-separated OoD score names")
+    ood = p.add_argument_group("scores (the config's eval section)")
+    ood.add_argument("--scores", help="comma-separated OoD score names (eval.scores)")
     ood.add_argument("--primary-score", help="the score listed first (default: first of --scores)")
     ood.add_argument(
         "--template",
@@ -67,19 +83,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="TEMPLATE",
         help="class prompt template with one {} (repeat to average; default 'a photo of a {}.')",
     )
-    ood.add_argument("--temperature", type=float, default=0.01, help="t in f.T/t (default 0.01)")
+    ood.add_argument("--temperature", type=float, help="t in f.T/t (default 0.01)")
 
-    neg = p.add_argument_group("NegLabel")
-    neg.add_argument("--neg-corpus", default="wordnet", help="wordnet, world, or a word file")
-    neg.add_argument("--neg-eta", type=float, default=0.95, help="similarity quantile")
-    neg.add_argument("--neg-keep-fraction", type=float, default=0.15, help="fraction kept per kind")
+    neg = p.add_argument_group("NegLabel (eval.neglabel)")
+    neg.add_argument("--neg-corpus", help="wordnet, world, world+wordnet:N, or a word file")
+    neg.add_argument("--neg-eta", type=float, help="similarity quantile (default 0.95)")
+    neg.add_argument("--neg-keep-fraction", type=float, help="fraction kept per kind (0.15)")
     neg.add_argument("--neg-max", type=int, help="at most this many negative labels")
-    neg.add_argument("--neg-ngroups", type=int, default=1, help="groups (the paper uses 100)")
-    neg.add_argument("--neg-seed", type=int, default=0, help="seed of the grouping shuffle")
+    neg.add_argument("--neg-ngroups", type=int, help="groups (the paper uses 100; default 1)")
+    neg.add_argument("--neg-seed", type=int, help="seed of the grouping shuffle")
     neg.add_argument(
         "--neg-exclude",
         action="append",
-        default=[],
         metavar="CATEGORY",
         help="exclude a WordNet category, e.g. noun.animal (repeatable)",
     )
@@ -89,8 +104,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cache of mined negatives ('none' disables; default %(default)s)",
     )
 
-    p.add_argument("--out", help="write the results as JSON to this file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", help="write the results as JSON to this file (local path or URI)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+
+def eval_settings(args: argparse.Namespace):
+    """The ``EvalConfig`` the flags describe; an invalid value is one line naming its flag."""
+    from pydantic import ValidationError
+
+    from raymmft.config import EvalConfig, describe_error, set_path
+
+    raw: dict = {}
+    for attr, (_, field) in EVAL_FLAGS.items():
+        value = getattr(args, attr)
+        if value is None:
+            continue
+        if attr == "scores":
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        set_path(raw, field, value)
+    if "scores" in raw and "ood_score" not in raw and raw["scores"]:
+        raw["ood_score"] = raw["scores"][0]
+    try:
+        return EvalConfig.model_validate(raw)
+    except ValidationError as err:
+        loc, msg = describe_error(err)
+        field = loc.split("[", 1)[0]
+        flag = next((f for f, name in EVAL_FLAGS.values() if name == field), field)
+        raise ConfigError(f"{flag}: {msg}") from None
 
 
 def _parse_spec(text: str, option: str):
@@ -103,66 +143,19 @@ def _parse_spec(text: str, option: str):
     except (ValidationError, ValueError) as exc:
         errors = getattr(exc, "errors", None)
         reason = errors()[0]["msg"] if errors else str(exc)
-        raise ConfigError(f"{option} {text!r}: {reason}") from None
-
-
-def _check_args(args: argparse.Namespace):
-    from raymmft.ood.neglabel import NegLabelParams
-    from raymmft.ood.scores import get_score
-
-    scores = [s.strip() for s in args.scores.split(",") if s.strip()]
-    if not scores:
-        raise ConfigError("--scores: at least one OoD score is needed")
-    for name in scores:
-        get_score(name)
-    primary = args.primary_score or scores[0]
-    get_score(primary)
-    if primary not in scores:
-        scores.append(primary)
-    templates = args.templates or ["a photo of a {}."]
-    for template in templates:
-        if template.count("{}") != 1:
-            raise ConfigError(f"--template must contain exactly one '{{}}', got {template!r}")
-    if not args.temperature > 0:
-        raise ConfigError(f"--temperature must be > 0, got {args.temperature}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    id_spec = _parse_spec(args.id_set, "--id")
-    ood_specs = [_parse_spec(text, "--ood") for text in args.ood_sets]
-    names = [spec.name or str(spec) for spec in ood_specs]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise ConfigError(f"--ood: OoD set '{name}' given twice (name them with name=...)")
-    if "neglabel" in scores:
-        if not 0 < args.neg_eta <= 1:
-            raise ConfigError(f"--neg-eta must be in (0, 1], got {args.neg_eta}")
-        if not 0 < args.neg_keep_fraction <= 1:
-            raise ConfigError(
-                f"--neg-keep-fraction must be in (0, 1], got {args.neg_keep_fraction}"
-            )
-        if args.neg_ngroups < 1:
-            raise ConfigError(f"--neg-ngroups must be at least 1, got {args.neg_ngroups}")
-        if args.neg_max is not None and args.neg_max < 1:
-            raise ConfigError(f"--neg-max must be at least 1, got {args.neg_max}")
-    params = NegLabelParams(
-        eta=args.neg_eta,
-        keep_fraction=args.neg_keep_fraction,
-        max_negatives=args.neg_max,
-        exclude_categories=tuple(args.neg_exclude),
-        corpus=args.neg_corpus,
-        cache_dir=None if args.neg_cache in (None, "", "none") else args.neg_cache,
-        ngroups=args.neg_ngroups,
-        seed=args.neg_seed,
-    )
-    if "neglabel" in scores:
-        from raymmft.ood.corpus import check_categories
-
-        check_categories(params.exclude_categories)
-    return scores, primary, templates, id_spec, dict(zip(names, ood_specs)), params
+        raise ConfigError(f"{option} {text!r}: {reason.removeprefix('Value error, ')}") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    scores, primary, templates, id_spec, ood_specs, params = _check_args(args)
+    settings = eval_settings(args)
+    id_spec = _parse_spec(args.id_set, "--id")
+    ood_specs = [_parse_spec(text, "--ood") for text in args.ood_sets]
+    from raymmft.data.spec import set_names
+
+    try:
+        names = set_names(ood_specs)
+    except ValueError as exc:
+        raise ConfigError(f"--ood: {exc}") from None
     if args.checkpoint:
         from raymmft.checkpoint import state_file
 
@@ -173,8 +166,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from raymmft.checkpoint import load_weights
-    from raymmft.data import build_loader, open_dataset
-    from raymmft.evaluate import evaluate, format_table, prepare_negatives, write_json
+    from raymmft.corpora import resolve_corpus
+    from raymmft.data import open_dataset
+    from raymmft.evaluation import Evaluator, format_table, write_json
     from raymmft.model import build_model
 
     device = args.device
@@ -182,51 +176,29 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
     bundle = build_model(args.arch, args.pretrained, precision=args.precision, device=device)
-    progress = not args.no_progress
-
     id_set = open_dataset(id_spec, bundle.preprocess_eval)
     classnames = list(id_set.classnames)
-    id_loader = build_loader(id_set, args.batch_size, shuffle=False, seed=0)
-    ood_loaders = {
-        name: build_loader(
-            open_dataset(spec, bundle.preprocess_eval, id_classnames=classnames),
-            args.batch_size,
-            shuffle=False,
-            seed=0,
-        )
-        for name, spec in ood_specs.items()
+    ood_sets = {
+        name: open_dataset(spec, bundle.preprocess_eval, id_classnames=classnames)
+        for name, spec in zip(names, ood_specs)
     }
-
-    negatives = None
-    if args.checkpoint:
-        if "neglabel" in scores:  # mine with the starting model, as the training loop does
-            negatives = prepare_negatives(
-                bundle.model,
-                bundle.tokenizer,
-                classnames,
-                params,
-                device=device,
-                autocast_dtype=bundle.autocast_dtype,
-                progress=progress,
-            )
-        load_weights(bundle.model, args.checkpoint, arch=args.arch)
-
-    result = evaluate(
-        bundle.model,
-        bundle.tokenizer,
-        id_loader,
+    corpus = resolve_corpus(settings.neglabel) if "neglabel" in settings.scores else None
+    cache = None if args.neg_cache in (None, "", "none") else args.neg_cache
+    # the scores' setup (NegLabel's mining) runs with the starting model
+    evaluator = Evaluator(
+        settings,
+        bundle,
         classnames,
-        ood_loaders,
-        scores=scores,
-        primary_score=primary,
-        templates=templates,
-        temperature=args.temperature,
-        neglabel_params=params,
-        negatives=negatives,
+        id_set,
+        ood_sets,
         device=device,
-        autocast_dtype=bundle.autocast_dtype,
-        progress=progress,
+        corpus=corpus,
+        cache=cache,
+        out=None if args.no_progress else print,
     )
+    if args.checkpoint:
+        load_weights(bundle.model, args.checkpoint, arch=args.arch)
+    result = evaluator.evaluate(bundle.model)
     print(format_table(result))
     if args.out:
         extra = {
@@ -237,20 +209,8 @@ def run(args: argparse.Namespace) -> int:
                 "precision": args.precision,
             },
             "id_set": str(id_spec),
-            "ood_sets": {name: str(spec) for name, spec in ood_specs.items()},
-            "templates": list(templates),
-            "temperature": args.temperature,
+            "ood_sets": {name: str(spec) for name, spec in zip(names, ood_specs)},
+            "eval": settings.model_dump(mode="json"),
         }
-        if "neglabel" in scores:
-            extra["neglabel"] = {
-                "corpus": args.neg_corpus,
-                "eta": params.eta,
-                "keep_fraction": params.keep_fraction,
-                "max_negatives": params.max_negatives,
-                "exclude_categories": list(params.exclude_categories),
-                "ngroups": params.ngroups,
-                "seed": params.seed,
-            }
-        path = write_json(result, args.out, extra)
-        print(f"\nwrote {path}")
+        print(f"\nwrote {write_json(result, args.out, extra)}")
     return 0

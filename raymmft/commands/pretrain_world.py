@@ -49,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
 
-    from raymmft import world
     from raymmft.model import build_model
+    from raymmft.world import WORLD_METRICS
+    from raymmft.world import metrics as world_metrics
+    from raymmft.world import pretrain as world
 
     corpora = args.corpora or ["world", "world+wordnet:2000"]
     record = None
     if args.check:
-        record_path = world.WORLD_METRICS if args.check == "shipped" else Path(args.check)
+        record_path = WORLD_METRICS if args.check == "shipped" else Path(args.check)
         if not record_path.is_file():
             raise ConfigError(f"--check: recorded metrics not found: {record_path}")
         record = json.loads(record_path.read_text())
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Measure what was written (fp16), as it will be loaded.
     shipped = build_model(settings.arch, str(out))
-    metrics = world.world_metrics(shipped, corpora=corpora)
+    metrics = world_metrics.world_metrics(shipped, corpora=corpora)
     record_path = world.write_record(
         out.with_suffix(".json"), settings, metrics, log, out, threads=args.threads, corpora=corpora
     )
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         written = json.loads(record_path.read_text())["weights_fingerprint"]
         same = written == record.get("weights_fingerprint")
         print("weights identical to the record" if same else "weights differ from the record")
-        misses = world.metrics_within_tolerance(metrics, record["metrics"])
+        misses = world_metrics.metrics_within_tolerance(metrics, record["metrics"])
         if misses:
             print("metrics differ from the record beyond tolerance:\n  " + "\n  ".join(misses))
             return 1

@@ -78,8 +78,8 @@ def print_search_summary(cfg, exp) -> None:
     """The trial table (the report's rows), the best configuration, and its evaluation on the OoD
     *test* sets, in a Ray task with one worker's resources."""
     from raymmft.config import apply_trial_params
-    from raymmft.evaluate import format_table as format_evaluation
-    from raymmft.evaluate import write_json
+    from raymmft.evaluation import format_table as format_evaluation
+    from raymmft.evaluation import write_json
     from raymmft.results.experiment import TEST_EVALUATION_FILE
     from raymmft.results.rows import best_row, format_trials, searched_params, trial_rows
     from raymmft.search import evaluate_remote

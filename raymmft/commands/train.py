@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_train_summary(cfg, result) -> None:
     """The last report's main metrics, the checkpoint, and its evaluation on the OoD test sets."""
-    from raymmft.evaluate import format_table as format_evaluation
+    from raymmft.evaluation import format_table as format_evaluation
     from raymmft.results.rows import format_table
     from raymmft.search import evaluate_remote
 

@@ -246,6 +246,32 @@ class DatasetSpec(BaseModel):
         return f"{self.kind}:{location.rstrip('/')}"
 
 
+def set_names(specs: Sequence[DatasetSpec]) -> list[str]:
+    """The one rule that names evaluation sets (in reports, metrics and TensorBoard tags): the
+    spec's ``name``; else its source's last path segment (``shapes``, ``iNaturalist``), with a
+    named class selection appended (``shapes-far_ood``); spaces become ``_``; a derived name that
+    repeats gets the set's index appended. Two sets given the same ``name`` are an error."""
+    given = [spec.name for spec in specs if spec.name]
+    for name in given:
+        if given.count(name) > 1:
+            raise ValueError(f"OoD set '{name}' given twice (name them with name=...)")
+    used: set[str] = set(name.replace(" ", "_") for name in given)
+    names = []
+    for index, spec in enumerate(specs):
+        if spec.name:
+            names.append(spec.name.replace(" ", "_"))
+            continue
+        name = spec.uri.split(":", 1)[-1].split("?", 1)[0].rstrip("/").split("/")[-1]
+        if isinstance(spec.classes, str):
+            name = f"{name}-{spec.classes}"
+        name = name.replace(" ", "_") or f"set{index}"
+        while name in used:
+            name = f"{name}_{index}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
 # --- overlap rules -------------------------------------------------------------------------------
 
 
@@ -312,6 +338,8 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_separation(self) -> DataConfig:
+        set_names(self.ood_val)
+        set_names(self.ood_test)
         id_classes = self.id_classes()
         self._check_id_val(id_classes)
         self._check_ood_classes(id_classes)

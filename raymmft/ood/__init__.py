@@ -1,31 +1,6 @@
-"""OoD detection: post-hoc scores, metrics, NegLabel mining and embedding extraction.
+"""OoD detection: post-hoc scores and their registry (``scores``), metrics, NegLabel mining
+(``neglabel``) over word corpora (``corpus``), and image/text embeddings (``embed``).
 
-Pure functions of tensors; nothing here imports Ray.
+Pure functions of tensors; nothing here imports Ray or the built-in world. Import the submodules
+(``raymmft.ood.corpus`` needs no torch, so the config can validate WordNet categories with it).
 """
-
-from raymmft.ood.metrics import accuracy, aupr_in, aupr_out, auroc, fpr_at_tpr, ood_metrics
-from raymmft.ood.scores import (
-    SCORES,
-    energy_score,
-    get_score,
-    max_logit_score,
-    mcm_score,
-    msp_score,
-    neglabel_score,
-)
-
-__all__ = [
-    "SCORES",
-    "accuracy",
-    "aupr_in",
-    "aupr_out",
-    "auroc",
-    "energy_score",
-    "fpr_at_tpr",
-    "get_score",
-    "max_logit_score",
-    "mcm_score",
-    "msp_score",
-    "neglabel_score",
-    "ood_metrics",
-]

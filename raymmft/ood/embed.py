@@ -1,9 +1,9 @@
 """Image and text embeddings for evaluation: L2-normalised float32 features on the CPU.
 
 Everything runs under ``torch.no_grad`` with the model in eval mode (its previous mode is restored),
-optionally under autocast with the model's training precision. Texts are encoded in batches, each
-prompt once per call, so a caller that needs class features and negatives encodes each text once
-per evaluation.
+optionally under autocast with the model's training precision. Texts go through ``TextEncoder``:
+each prompt is tokenised once (``CachedTokenizer`` keeps the ids and lengths), prompts are batched
+by length and each batch is encoded at its real length (``raymmft.text_encoder``).
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raymmft.distributed import gather_rows, shard_bounds
+from raymmft.progress import Progress
+from raymmft.text import class_prompts
+from raymmft.text_encoder import clip_of, encode_text, token_lengths
+
 DEFAULT_TEXT_BATCH_SIZE = 256
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The CLIP model inside a DDP / DataParallel wrapper (``.module``), else the model itself."""
-    return (
-        model.module
-        if hasattr(model, "module") and hasattr(model.module, "encode_image")
-        else model
-    )
 
 
 @contextlib.contextmanager
@@ -57,99 +53,35 @@ def encode_images(
     device: torch.device | str = "cpu",
     *,
     autocast_dtype: torch.dtype | None = None,
-    progress: bool | str = False,
-) -> tuple[Tensor, Tensor]:
-    """Encode every ``(images, labels)`` batch of ``loader``: ``(features [N, D], labels [N])``.
-
-    Features are L2-normalised float32 on the CPU; labels are int64. ``progress`` shows a tqdm bar
-    (a string is used as its description).
-    """
-    clip = unwrap(model)
+    progress: Progress | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    """Encode every ``(images, labels)`` batch of ``loader``: ``(features [N, D], labels [N],
+    skipped)``. Features are L2-normalised float32 on the CPU; labels are int64. A sample with
+    label -1 is an image that could not be decoded (``skip_corrupt``): it is left out and counted
+    in ``skipped``."""
+    clip = clip_of(model)
     input_dtype = _param_dtype(clip)
-    batches = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        desc = progress if isinstance(progress, str) else "images"
-        batches = tqdm(loader, desc=desc, unit="batch", leave=False)
-    features, labels = [], []
+    features, labels, skipped = [], [], 0
     with eval_mode(clip):
-        for images, targets in batches:
+        for images, targets in loader:
+            targets = torch.as_tensor(targets).long().reshape(-1)
+            keep = targets >= 0
+            if progress is not None:
+                progress.update(len(targets))
+            if not keep.all():
+                skipped += int((~keep).sum())
+                images, targets = images[keep], targets[keep]
+            if len(targets) == 0:
+                continue
             images = images.to(device=device, dtype=input_dtype, non_blocking=True)
             with _autocast(device, autocast_dtype):
                 feats = clip.encode_image(images)
             features.append(F.normalize(feats.float(), dim=-1).cpu())
-            labels.append(torch.as_tensor(targets).long().reshape(-1).cpu())
+            labels.append(targets.cpu())
     if not features:
-        raise ValueError("the image loader yielded no batches")
-    return torch.cat(features), torch.cat(labels)
-
-
-def encode_texts(
-    model: torch.nn.Module,
-    tokenizer: Callable[[list[str]], Tensor],
-    prompts: Sequence[str],
-    device: torch.device | str = "cpu",
-    batch_size: int = DEFAULT_TEXT_BATCH_SIZE,
-    *,
-    autocast_dtype: torch.dtype | None = None,
-    progress: bool | str = False,
-) -> Tensor:
-    """Encode ``prompts`` in batches: L2-normalised float32 features ``[len(prompts), D]`` on CPU."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    clip = unwrap(model)
-    starts: Iterable[int] = range(0, len(prompts), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        desc = progress if isinstance(progress, str) else "texts"
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
-    out = []
-    with eval_mode(clip):
-        for start in starts:
-            tokens = tokenizer(list(prompts[start : start + batch_size])).to(device)
-            with _autocast(device, autocast_dtype):
-                feats = clip.encode_text(tokens)
-            out.append(F.normalize(feats.float(), dim=-1).cpu())
-    if not out:
-        dim = getattr(clip, "embed_dim", None) or clip.text_projection.shape[-1]
-        return torch.empty(0, int(dim))
-    return torch.cat(out)
-
-
-def class_text_features(
-    model: torch.nn.Module,
-    tokenizer: Callable[[list[str]], Tensor],
-    classnames: Sequence[str],
-    templates: Sequence[str],
-    device: torch.device | str = "cpu",
-    batch_size: int = DEFAULT_TEXT_BATCH_SIZE,
-    *,
-    autocast_dtype: torch.dtype | None = None,
-) -> Tensor:
-    """Zero-shot classifier ``[C, D]``: ``T_c = normalise(mean_k normalise(E(template_k(c))))``."""
-    prompts = class_prompts(classnames, templates)
-    feats = encode_texts(
-        model, tokenizer, prompts, device, batch_size, autocast_dtype=autocast_dtype
-    )
-    return average_templates(feats, len(classnames), len(templates))
-
-
-def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Prompts in class-major order: ``[t.format(c) for c in classnames for t in templates]``."""
-    if not templates:
-        raise ValueError("need at least one prompt template")
-    for template in templates:
-        if template.count("{}") != 1:
-            raise ValueError(f"prompt template must contain exactly one '{{}}', got {template!r}")
-    return [template.format(name) for name in classnames for template in templates]
-
-
-def average_templates(features: Tensor, num_classes: int, num_templates: int) -> Tensor:
-    """Mean over templates of normalised class-major features ``[C*K, D]``, renormalised: ``[C, D]``."""
-    feats = F.normalize(features.float(), dim=-1).view(num_classes, num_templates, -1)
-    return F.normalize(feats.mean(dim=1), dim=-1)
+        dim = int(getattr(clip, "embed_dim", None) or clip.text_projection.shape[-1])
+        return torch.empty(0, dim), torch.empty(0, dtype=torch.long), skipped
+    return torch.cat(features), torch.cat(labels), skipped
 
 
 class CachedTokenizer:
@@ -176,10 +108,17 @@ class CachedTokenizer:
 
 
 class TextEncoder:
-    """``prompts -> features`` with a model and tokenizer, as NegLabel mining takes it.
+    """``prompts -> features`` with a model and tokenizer: L2-normalised float32 ``[N, D]`` on
+    the CPU, in the order given.
 
-    ``fingerprint()`` identifies the model's weights (for caching mined negatives).
+    Prompts are tokenised once each, sorted by length and encoded ``batch_size`` at a time, every
+    batch at its longest prompt's length; a ``progress`` counts them. On ``world_size`` workers
+    (every rank calls it with the same prompts) each rank encodes its own run of those batches and
+    the features are gathered: the same batches as on one worker, so the same features.
+    ``fingerprint()`` identifies the text tower's weights (the key of cached NegLabel mining).
     """
+
+    counts_progress = True  # __call__ takes a Progress
 
     def __init__(
         self,
@@ -189,28 +128,66 @@ class TextEncoder:
         batch_size: int = DEFAULT_TEXT_BATCH_SIZE,
         *,
         autocast_dtype: torch.dtype | None = None,
-        progress: bool | str = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.batch_size, self.autocast_dtype, self.progress = batch_size, autocast_dtype, progress
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = clip_of(model)
+        cached = isinstance(tokenizer, CachedTokenizer)
+        self.tokenizer = tokenizer if cached else CachedTokenizer(tokenizer)
+        self.device, self.batch_size, self.autocast_dtype = device, batch_size, autocast_dtype
+        self.rank, self.world_size = rank, world_size
         self._fingerprint: str | None = None
 
-    def __call__(self, prompts: Sequence[str]) -> Tensor:
-        return encode_texts(
-            self.model,
-            self.tokenizer,
-            prompts,
-            self.device,
-            self.batch_size,
-            autocast_dtype=self.autocast_dtype,
-            progress=self.progress,
-        )
+    @property
+    def dim(self) -> int:
+        return int(getattr(self.model, "embed_dim", None) or self.model.text_projection.shape[-1])
+
+    def __call__(self, prompts: Sequence[str], progress: Progress | None = None) -> Tensor:
+        if len(prompts) == 0:
+            return torch.empty(0, self.dim)
+        ids = self.tokenizer(list(prompts))
+        order = torch.argsort(token_lengths(self.model, ids), stable=True)
+        batches = order.split(self.batch_size)
+        first, last = shard_bounds(len(batches), self.rank, self.world_size)
+        mine = batches[first:last]
+        local = []
+        with eval_mode(self.model):
+            for batch in mine:
+                tokens = ids[batch].to(self.device)
+                with _autocast(self.device, self.autocast_dtype):
+                    feats = encode_text(self.model, tokens)
+                local.append(F.normalize(feats.float(), dim=-1).cpu())
+                if progress is not None:
+                    progress.update(len(batch))
+        local = torch.cat(local) if local else torch.empty(0, self.dim)
+        gathered = gather_rows(local, self.world_size)
+        if progress is not None and self.world_size > 1:  # the other ranks' batches
+            progress.update(len(prompts) - len(local))
+        out = torch.empty(len(prompts), self.dim)
+        out[order] = gathered
+        return out
 
     def fingerprint(self) -> str:
         """``model_fingerprint(model)``, computed once per encoder (weights are assumed fixed)."""
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
+
+
+def average_templates(features: Tensor, num_classes: int, num_templates: int) -> Tensor:
+    """Mean over templates of normalised class-major features ``[C*K, D]``, renormalised: ``[C, D]``."""
+    feats = F.normalize(features.float(), dim=-1).view(num_classes, num_templates, -1)
+    return F.normalize(feats.mean(dim=1), dim=-1)
+
+
+def class_text_features(
+    encode: Callable[[Sequence[str]], Tensor], classnames: Sequence[str], templates: Sequence[str]
+) -> Tensor:
+    """Zero-shot classifier ``[C, D]``: ``T_c = normalise(mean_k normalise(E(template_k(c))))``."""
+    feats = encode(class_prompts(classnames, templates))
+    return average_templates(feats, len(classnames), len(templates))
 
 
 # Not read by encode_text: the image tower and the logit scale/bias. Leaving them out keeps the
@@ -222,7 +199,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of the text tower's weights (hex): what
     text features, and so mined negatives, depend on."""
     digest = hashlib.sha256()
-    for name, tensor in unwrap(model).state_dict().items():
+    for name, tensor in clip_of(model).state_dict().items():
         if name.startswith(_NOT_TEXT):
             continue
         t = tensor.detach().to("cpu").contiguous()

@@ -1,4 +1,4 @@
-"""OoD detection and classification metrics (METHOD.md §4).
+"""OoD detection and classification metrics (docs/method.md, "Metrics").
 
 ID is the positive class and scores are "higher = more ID"; a sample is predicted ID when its score is
 ``>= threshold``. All curves are taken at the distinct score values, so tied scores move together

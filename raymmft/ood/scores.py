@@ -1,4 +1,4 @@
-"""Post-hoc OoD scores (METHOD.md §3). Higher means more in-distribution.
+"""Post-hoc OoD scores (docs/method.md, "Post-hoc OoD scores"). Higher means more in-distribution.
 
 Each score is a pure function of tensors. The registry ``SCORES`` gives every score one call form,
 
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from raymmft.errors import ConfigError
+from raymmft.ood.neglabel import setup_neglabel
 
 DEFAULT_TEMPERATURE = 0.01
 DEFAULT_BATCH_SIZE = 1024
@@ -145,63 +147,87 @@ def neglabel_score(
 # --- registry --------------------------------------------------------------------------------------
 
 
+INPUT_NAMES = {"neg_text_features": "negative text features"}
+
+
+@dataclass
+class ScoreContext:
+    """What a score's setup may use, once per run, before the first evaluation: the evaluation
+    settings (the config's ``EvalConfig``), the ID class names, a text encoder of the *starting*
+    model, a word corpus, negatives mined earlier (a search's preparation step), a cache
+    location, and where progress lines go."""
+
+    settings: Any
+    classnames: list[str]
+    encode: Callable[..., Tensor]
+    corpus: Any = None
+    negatives: Any = None
+    cache: Any = None
+    out: Callable[[str], None] | None = print
+
+
 @dataclass(frozen=True)
 class OodScore:
-    """A registered OoD score: a name, its uniform-form function and the parameters it accepts."""
+    """A registered OoD score, looked up by name (as OpenOOD's postprocessors are).
+
+    ``fn(image_features, id_text_features, **inputs, **params) -> [N] scores`` where ``params`` are
+    the settings it declares (a subset of ``EvalConfig.score_params``) and ``inputs`` come from its
+    ``setup``: a score that needs preparation (NegLabel's negatives) has a ``setup(context)`` that
+    returns an object with ``inputs(encode) -> dict`` (per evaluation, for the current model) and
+    ``info() -> dict``.
+    """
 
     name: str
     fn: Callable[..., Tensor]
     params: tuple[str, ...]
-    needs_negatives: bool = False
+    inputs: tuple[str, ...] = ()  # what its setup provides, e.g. neg_text_features
+    setup: Callable[[ScoreContext], Any] | None = None
     description: str = field(default="", compare=False)
 
     def __call__(
-        self,
-        image_features: Tensor,
-        id_text_features: Tensor,
-        neg_text_features: Tensor | None = None,
-        **params: object,
+        self, image_features: Tensor, id_text_features: Tensor, **kwargs: object
     ) -> Tensor:
-        unknown = sorted(set(params) - set(self.params))
+        unknown = sorted(set(kwargs) - set(self.params) - set(self.inputs))
         if unknown:
             raise ConfigError(
                 f"unknown parameter '{unknown[0]}' for OoD score '{self.name}' "
                 f"(known: {', '.join(sorted(self.params))})"
             )
-        if self.needs_negatives and neg_text_features is None:
-            raise ConfigError(f"OoD score '{self.name}' needs negative text features")
-        return self.fn(image_features, id_text_features, neg_text_features, **params)
+        for name in self.inputs:
+            if kwargs.get(name) is None:
+                raise ConfigError(f"OoD score '{self.name}' needs {INPUT_NAMES[name]}")
+        return self.fn(image_features, id_text_features, **kwargs)
 
     def call_with(
         self,
         image_features: Tensor,
         id_text_features: Tensor,
-        neg_text_features: Tensor | None,
         params: Mapping[str, object],
+        inputs: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
-        """Call with only the entries of ``params`` this score accepts (shared parameter dicts)."""
+        """Call with the entries of ``params`` this score declares and its setup's ``inputs``."""
         own = {k: v for k, v in params.items() if k in self.params}
-        return self(image_features, id_text_features, neg_text_features, **own)
+        return self(image_features, id_text_features, **(inputs or {}), **own)
 
 
-def _msp(f, t, _neg, temperature=DEFAULT_TEMPERATURE):
+def _msp(f, t, temperature=DEFAULT_TEMPERATURE):
     return msp_score(clip_logits(f, t, temperature))
 
 
-def _max_logit(f, t, _neg, temperature=DEFAULT_TEMPERATURE):
+def _max_logit(f, t, temperature=DEFAULT_TEMPERATURE):
     return max_logit_score(clip_logits(f, t, temperature))
 
 
-def _energy(f, t, _neg, temperature=DEFAULT_TEMPERATURE, energy_temperature=1.0):
-    return energy_score(clip_logits(f, t, temperature), energy_temperature)
+def _energy(f, t, temperature=DEFAULT_TEMPERATURE):
+    return energy_score(clip_logits(f, t, temperature), 1.0)
 
 
-def _mcm(f, t, _neg, temperature=DEFAULT_TEMPERATURE):
+def _mcm(f, t, temperature=DEFAULT_TEMPERATURE):
     return mcm_score(f, t, temperature)
 
 
-def _neglabel(f, t, neg, temperature=DEFAULT_TEMPERATURE, ngroups=1, seed=0, batch_size=None):
-    return neglabel_score(f, t, neg, temperature, ngroups, seed, batch_size or DEFAULT_BATCH_SIZE)
+def _neglabel(f, t, neg_text_features, temperature=DEFAULT_TEMPERATURE, ngroups=1, seed=0):
+    return neglabel_score(f, t, neg_text_features, temperature, ngroups, seed)
 
 
 SCORES: dict[str, OodScore] = {
@@ -209,19 +235,15 @@ SCORES: dict[str, OodScore] = {
     for s in (
         OodScore("msp", _msp, ("temperature",), description="max softmax of CLIP logits"),
         OodScore("max_logit", _max_logit, ("temperature",), description="max CLIP logit"),
-        OodScore(
-            "energy",
-            _energy,
-            ("temperature", "energy_temperature"),
-            description="T*logsumexp(logits/T) of CLIP logits",
-        ),
+        OodScore("energy", _energy, ("temperature",), description="logsumexp of the CLIP logits"),
         OodScore("mcm", _mcm, ("temperature",), description="maximum concept matching"),
         OodScore(
             "neglabel",
             _neglabel,
-            ("temperature", "ngroups", "seed", "batch_size"),
-            needs_negatives=True,
-            description="NegLabel with mined negative labels",
+            ("temperature", "ngroups", "seed"),
+            inputs=("neg_text_features",),
+            setup=setup_neglabel,
+            description="NegLabel with negative labels mined from a word corpus",
         ),
     )
 }

@@ -11,6 +11,8 @@ An experiment directory (a local path or any ``raymmft.storage`` URI) holds:
   that has not saved its state yet) the status is inferred from the result lines;
 - ``train_runs/<trial_id>/checkpoint_*``: each trial's checkpoints (Ray Train);
 - ``tensorboard/<trial_id>``: each trial's TensorBoard events; ``report/``: the report;
+- ``prepared/negatives.pt`` and ``prepared/zero_shot.json``: the preparation step's NegLabel
+  negatives and the zero-shot starting model's evaluation (``raymmft.prepare``);
 - ``test_evaluation.json``: the chosen configuration's evaluation on the OoD test sets.
 
 Partial results are fine: a result line cut short by a trial writing it right now is skipped, and
@@ -34,6 +36,10 @@ TENSORBOARD_DIR = "tensorboard"
 REPORT_DIR = "report"
 # the chosen configuration on the OoD test sets, written at the end of a search
 TEST_EVALUATION_FILE = "test_evaluation.json"
+# what a search's preparation step stores (raymmft.prepare)
+PREPARED_DIR = "prepared"
+NEGATIVES_FILE = "negatives.pt"
+ZERO_SHOT_FILE = "zero_shot.json"
 RESULT_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "params.json", "error.txt"
 STATE_FILE = re.compile(r"experiment_state-.*\.json")
 _TRIAL_DIR = re.compile(r"_([0-9a-f]{5,16})_\d+_")
@@ -62,6 +68,13 @@ class Experiment:
     @property
     def name(self) -> str:
         return self.location.name
+
+    def zero_shot(self) -> dict | None:
+        """The zero-shot starting model's evaluation (``to_dict()`` plus its flat ``metrics``, as
+        trials report theirs); ``None`` when the experiment has none (prepared per trial, or made
+        before searches were prepared)."""
+        found = read_json(self.location.join(PREPARED_DIR, ZERO_SHOT_FILE))
+        return found or None
 
     def unfinished(self) -> list[str]:
         """Trials that neither terminated nor errored (they continue on ``--resume``)."""

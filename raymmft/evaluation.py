@@ -1,11 +1,12 @@
 """Evaluation of a CLIP model for OoD detection: ID accuracy, OoD metrics per score, modality gap.
 
 Two layers: ``evaluate_embeddings`` is a pure function of features (what the metrics are), and
-``evaluate`` encodes a model's images and texts first (what the training loop and ``raymmft
-evaluate`` call). Each text is encoded once per evaluation: the class prompts, and the NegLabel
-negatives (mined with the starting model once, then re-encoded with the current model; or re-mined).
+``Evaluator`` is the one evaluation path of raymmft: built once for a model and its datasets (each
+score's setup runs with the starting model), called at each evaluation with the current weights.
+The training loop, a chosen configuration's test evaluation, ``raymmft evaluate``, the search's
+zero-shot baseline and the world's metrics all go through it.
 
-Definitions (METHOD.md §3-4):
+Definitions (docs/method.md, "Metrics"):
 - ID accuracy: ``argmax_c f . T_c`` against the label, ``T_c`` the template-averaged class feature;
 - OoD metrics per OoD set and score (ID positive): AUROC, FPR at 95 % TPR, AUPR-in, AUPR-out; their
   mean over the OoD sets;
@@ -17,33 +18,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raymmft.errors import ConfigError
-from raymmft.ood.embed import (
-    TextEncoder,
-    class_text_features,
-    encode_images,
-)
+from raymmft.distributed import gather_rows, shard_bounds
+from raymmft.ood.embed import CachedTokenizer, TextEncoder, class_text_features, encode_images
 from raymmft.ood.metrics import accuracy, ood_metrics
-from raymmft.ood.neglabel import (
-    NegativeLabels,
-    NegLabelParams,
-    encode_negative_labels,
-    mine_negative_labels,
-)
-from raymmft.ood.scores import DEFAULT_TEMPERATURE, clip_logits, get_score
+from raymmft.ood.scores import SCORES, ScoreContext, clip_logits, get_score
+from raymmft.progress import Progress, say
+from raymmft.storage import Location
 
 METRICS: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")
 METRIC_TITLES = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out"}
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+# images per block when scoring: bounds the [block, M] similarity matrices held at once
+SCORE_BLOCK = 1024
 
 
 @dataclass
@@ -60,6 +53,7 @@ class EvaluationResult:
     num_classes: int
     num_ood: dict[str, int]
     num_negatives: int | None = None
+    num_skipped: int = 0  # unreadable images left out (skip_corrupt)
     id_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # score -> [N_id]
     ood_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -92,6 +86,7 @@ class EvaluationResult:
             "num_id": self.num_id,
             "num_classes": self.num_classes,
             "num_negatives": self.num_negatives,
+            "num_skipped": self.num_skipped,
             "ood": {
                 name: {"num_samples": self.num_ood[name], "metrics": by_score}
                 for name, by_score in self.per_set.items()
@@ -108,11 +103,9 @@ def modality_gap(image_features: Tensor, text_features: Tensor) -> float:
 
 
 def _check_scores(scores: Sequence[str], primary_score: str | None) -> tuple[list[str], str]:
-    if isinstance(scores, str):
-        scores = [scores]
-    scores = list(dict.fromkeys(scores))
+    scores = list(dict.fromkeys([scores] if isinstance(scores, str) else scores))
     if not scores:
-        raise ConfigError("at least one OoD score is needed")
+        raise ValueError("at least one OoD score is needed")
     for name in scores:
         get_score(name)
     primary = primary_score or scores[0]
@@ -137,14 +130,17 @@ def evaluate_embeddings(
     *,
     scores: Sequence[str],
     primary_score: str | None = None,
-    temperature: float = DEFAULT_TEMPERATURE,
-    neg_text_features: Tensor | None = None,
-    neglabel_params: NegLabelParams | Mapping | None = None,
+    params: Mapping[str, object] | None = None,
+    inputs: Mapping[str, Mapping[str, Tensor]] | None = None,
     device: torch.device | str | None = None,
 ) -> EvaluationResult:
     """All metrics from features: image features ``[N, D]`` (ID) and per OoD set, class text features
-    ``[C, D]``, optional NegLabel negatives ``[M, D]``. Scores are computed on ``device``."""
+    ``[C, D]``; ``params`` are the scores' settings (``EvalConfig.score_params``: temperature,
+    NegLabel's groups and seed), ``inputs[score]`` what a score's setup provides (NegLabel's
+    negatives: ``{"neglabel": {"neg_text_features": [M, D]}}``). Scores run on ``device``."""
     scores, primary = _check_scores(scores, primary_score)
+    params = {"temperature": 0.01, **(params or {})}
+    inputs = dict(inputs or {})
     if not ood_features:
         raise ValueError("need at least one OoD set to evaluate OoD detection")
     if id_features.shape[0] == 0:
@@ -159,25 +155,21 @@ def evaluate_embeddings(
             f"ID labels must lie in [0, {num_classes}) for {num_classes} class names, got "
             f"[{int(id_labels.min())}, {int(id_labels.max())}]"
         )
-    params = NegLabelParams.from_mapping(neglabel_params)
-    if "neglabel" in scores and neg_text_features is None:
-        raise ConfigError("OoD score 'neglabel' needs negative text features")
     device = torch.device(device) if device is not None else id_features.device
     text = id_text_features.to(device)
-    negs = neg_text_features.to(device) if neg_text_features is not None else None
-    shared = {"temperature": temperature, **params.score_kwargs()}
+    on_device = {s: {k: v.to(device) for k, v in inputs.get(s, {}).items()} for s in scores}
 
     def compute(feats: Tensor) -> dict[str, np.ndarray]:
         # every score is row-wise: blocks of images bound the similarity matrices held at once
         out: dict[str, list[Tensor]] = {name: [] for name in scores}
-        for block in feats.split(params.batch_size):
+        for block in feats.split(SCORE_BLOCK):
             block = block.to(device)
             for name in scores:
-                value = get_score(name).call_with(block, text, negs, shared)
+                value = SCORES[name].call_with(block, text, params, on_device[name])
                 out[name].append(value.double().cpu())
         return {name: torch.cat(values).numpy() for name, values in out.items()}
 
-    acc = accuracy(clip_logits(id_features.to(device), text, temperature), id_labels)
+    acc = accuracy(clip_logits(id_features.to(device), text, params["temperature"]), id_labels)
     id_scores = compute(id_features)
     ood_scores = {name: compute(feats) for name, feats in ood_features.items()}
     per_set = {
@@ -188,6 +180,7 @@ def evaluate_embeddings(
         s: {m: float(np.mean([per_set[name][s][m] for name in per_set])) for m in METRICS}
         for s in scores
     }
+    negatives = inputs.get("neglabel", {}).get("neg_text_features")
     return EvaluationResult(
         id_accuracy=acc,
         modality_gap=modality_gap(id_features, id_text_features),
@@ -198,126 +191,126 @@ def evaluate_embeddings(
         num_id=int(id_features.shape[0]),
         num_classes=int(num_classes),
         num_ood={name: int(f.shape[0]) for name, f in ood_features.items()},
-        num_negatives=None if negs is None else int(negs.shape[0]),
+        num_negatives=None if negatives is None else int(negatives.shape[0]),
         id_scores=id_scores,
         ood_scores=ood_scores,
     )
 
 
-def prepare_negatives(
-    model: torch.nn.Module,
-    tokenizer,
-    id_classnames: Sequence[str],
-    params: NegLabelParams | Mapping | None = None,
-    *,
-    device: torch.device | str = "cpu",
-    cache_dir: str | os.PathLike | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    progress: bool = False,
-) -> NegativeLabels:
-    """Mine NegLabel negatives with ``model`` (the starting model), cached in ``cache_dir`` (or the
-    params' ``cache_dir``) when given."""
-    params = NegLabelParams.from_mapping(params)
-    kwargs = params.mining_kwargs()
-    if cache_dir is not None:
-        kwargs["cache_dir"] = cache_dir
-    encoder = TextEncoder(
-        model, tokenizer, device, params.text_batch_size, autocast_dtype=autocast_dtype
-    )
-    return mine_negative_labels(
-        encoder, id_classnames, corpus=params.corpus, progress=progress, **kwargs
-    )
+class Evaluator:
+    """A model on an ID set and named OoD sets, with every score of ``settings`` (the config's
+    ``EvalConfig``).
 
+    Built once per run: the datasets are given opened, and each score's setup runs with the
+    *starting* model (``bundle.model``): NegLabel mines its negatives from ``corpus``, or takes
+    ``negatives`` mined earlier (a search's preparation step). ``evaluate(model)`` then encodes
+    every set and the texts with the current weights.
 
-def evaluate(
-    model: torch.nn.Module,
-    tokenizer,
-    id_loader: Iterable,
-    id_classnames: Sequence[str],
-    ood_loaders: Mapping[str, Iterable],
-    *,
-    scores: Sequence[str] = ("mcm",),
-    primary_score: str | None = None,
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    temperature: float = DEFAULT_TEMPERATURE,
-    neglabel_params: NegLabelParams | Mapping | None = None,
-    neglabel: NegLabelParams | Mapping | None = None,
-    negatives: NegativeLabels | Sequence[str] | None = None,
-    device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
-    progress: bool = False,
-    cache_dir: str | os.PathLike | None = None,
-) -> EvaluationResult:
-    """Encode the ID and OoD sets and the texts with ``model``, then ``evaluate_embeddings``.
-
-    NegLabel negatives: ``negatives`` (mined earlier, e.g. by ``prepare_negatives`` with the
-    starting model) are re-encoded with ``model``; with ``negatives=None`` or
-    ``remine_each_eval``, they are mined now with ``model``. ``neglabel`` is an alias of
-    ``neglabel_params`` (a ``NegLabelParams``, a dict or the config's section).
+    On ``world_size`` workers every rank builds the evaluator and calls ``evaluate`` at the same
+    time: each encodes its own run of every set's batches (the same batches a single worker would
+    form: no image twice, none left out) and the features are gathered, so every rank gets the
+    metrics one worker would have.
     """
-    if neglabel is not None and neglabel_params is not None:
-        raise TypeError("pass neglabel_params or neglabel, not both")
-    params = NegLabelParams.from_mapping(neglabel_params if neglabel is None else neglabel)
-    scores, primary = _check_scores(scores, primary_score)
-    if not ood_loaders:
-        raise ValueError("need at least one OoD set to evaluate OoD detection")
-    text_features = class_text_features(
-        model,
-        tokenizer,
-        id_classnames,
-        templates,
-        device,
-        params.text_batch_size,
-        autocast_dtype=autocast_dtype,
-    )
-    neg_features = None
-    if "neglabel" in scores:
-        if negatives is None or params.remine_each_eval:
-            # re-mined at every evaluation, the weights differ each time: a cache would only grow
-            remine = params.remine_each_eval
-            mined = prepare_negatives(
-                model,
-                tokenizer,
-                id_classnames,
-                replace(params, cache_dir=None) if remine else params,
-                device=device,
-                cache_dir=None if remine else cache_dir,
-                autocast_dtype=autocast_dtype,
-                progress=progress,
-            )
-            neg_features = mined.features  # already this model's features
-        else:
-            neg_features = encode_negative_labels(
-                TextEncoder(
-                    model, tokenizer, device, params.text_batch_size, autocast_dtype=autocast_dtype
-                ),
-                negatives,
-                noun_template=params.noun_template,
-            )
 
-    def images(loader, desc):
-        return encode_images(
+    def __init__(
+        self,
+        settings,
+        bundle,
+        classnames: Sequence[str],
+        id_set,
+        ood_sets: Mapping[str, object],
+        *,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        corpus=None,
+        negatives=None,
+        cache: str | Location | None = None,
+        out: Callable[[str], None] | None = say,
+    ):
+        if not ood_sets:
+            raise ValueError("need at least one OoD set to evaluate OoD detection")
+        self.settings, self.bundle, self.device = settings, bundle, torch.device(device)
+        self.classnames = list(classnames)
+        self.rank, self.world_size, self.num_workers, self.out = rank, world_size, num_workers, out
+        self.scores, self.primary = _check_scores(settings.scores, settings.ood_score)
+        self.sets = {"ID": id_set, **ood_sets}
+        self.tokenizer = CachedTokenizer(bundle.tokenizer)  # ids kept across evaluations
+        context = ScoreContext(
+            settings=settings,
+            classnames=self.classnames,
+            encode=self.text_encoder(bundle.model),
+            corpus=corpus,
+            negatives=negatives,
+            cache=cache,
+            out=out,
+        )
+        self.setups = {n: SCORES[n].setup(context) for n in self.scores if SCORES[n].setup}
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(d) for d in self.sets.values())
+
+    def text_encoder(self, model: torch.nn.Module) -> TextEncoder:
+        return TextEncoder(
             model,
-            loader,
-            device,
-            autocast_dtype=autocast_dtype,
-            progress=desc if progress else False,
+            self.tokenizer,
+            self.device,
+            autocast_dtype=self.bundle.autocast_dtype,
+            rank=self.rank,
+            world_size=self.world_size,
         )
 
-    id_features, id_labels = images(id_loader, "ID images")
-    ood_features = {name: images(loader, f"OoD {name}")[0] for name, loader in ood_loaders.items()}
-    return evaluate_embeddings(
-        id_features,
-        id_labels,
-        text_features,
-        ood_features,
-        scores=scores,
-        primary_score=primary,
-        temperature=temperature,
-        neg_text_features=neg_features,
-        neglabel_params=params,
-        device=device,
-    )
+    def _block(self, n: int) -> range:
+        """This rank's run of a set's ``eval.batch_size`` batches, as sample indices."""
+        size = self.settings.batch_size
+        first, last = shard_bounds(math.ceil(n / size), self.rank, self.world_size)
+        return range(first * size, min(last * size, n))
+
+    def _loader(self, dataset):
+        from torch.utils.data import DataLoader, Subset
+
+        block = Subset(dataset, self._block(len(dataset)))
+        size = self.settings.batch_size
+        return DataLoader(block, batch_size=size, shuffle=False, num_workers=self.num_workers)
+
+    def _images(self, model, dataset, progress: Progress) -> tuple[Tensor, Tensor, int]:
+        feats, labels, skipped = encode_images(
+            model,
+            self._loader(dataset),
+            self.device,
+            autocast_dtype=self.bundle.autocast_dtype,
+            progress=progress,
+        )
+        if self.world_size == 1:
+            return feats, labels, skipped
+        total = gather_rows(torch.tensor([[skipped]]), self.world_size).sum()
+        return gather_rows(feats, self.world_size), gather_rows(labels, self.world_size), int(total)
+
+    def evaluate(self, model: torch.nn.Module) -> EvaluationResult:
+        """Every metric of ``model`` (the current weights of the bundle's architecture)."""
+        encode = self.text_encoder(model)
+        text = class_text_features(encode, self.classnames, self.settings.templates)
+        inputs = {name: setup.inputs(encode) for name, setup in self.setups.items()}
+        mine = sum(len(self._block(len(d))) for d in self.sets.values())
+        progress = Progress("evaluating", mine, "images", out=self.out)
+        encoded = {name: self._images(model, d, progress) for name, d in self.sets.items()}
+        progress.finish()
+        id_feats, id_labels, _ = encoded.pop("ID")
+        result = evaluate_embeddings(
+            id_feats,
+            id_labels,
+            text,
+            {name: feats for name, (feats, _, _) in encoded.items()},
+            scores=self.scores,
+            primary_score=self.primary,
+            params=self.settings.score_params,
+            inputs=inputs,
+            device=self.device,
+        )
+        result.num_skipped = sum(skipped for *_, skipped in encoded.values())
+        return result
 
 
 # --- presentation --------------------------------------------------------------------------------
@@ -342,6 +335,8 @@ def format_table(result: EvaluationResult) -> str:
         f"{result.num_classes} classes{negs})",
         f"modality gap: {result.modality_gap:.4f}",
     ]
+    if result.num_skipped:
+        lines.append(f"unreadable images skipped: {result.num_skipped}")
     for score in ordered:
         tag = " (primary)" if score == result.primary_score else ""
         lines += ["", f"score: {score}{tag}", header, "-" * len(header)]
@@ -358,10 +353,8 @@ def format_table(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: EvaluationResult, location, extra: Mapping | None = None):
+def write_json(result: EvaluationResult, location, extra: Mapping | None = None) -> Location:
     """Write ``result.to_dict()`` (plus ``extra``, e.g. the model and data specs) as JSON to a
     local path or storage URI, whole or not at all; returns its ``Location``."""
-    from raymmft.storage import Location
-
     payload = {**(dict(extra) if extra else {}), **result.to_dict()}
     return Location.parse(location).write_text(json.dumps(payload, indent=2) + "\n")

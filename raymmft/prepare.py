@@ -1,0 +1,75 @@
+"""A search's preparation: the work that is the same for every trial, done once before the first.
+
+It builds the starting model, mines NegLabel's negatives with it and evaluates it zero-shot on the
+ID validation set and the OoD validation sets, and stores both in the experiment (any storage):
+
+- ``prepared/negatives.pt``: the mined negatives (``NegativeLabels``), which every trial loads
+  instead of mining (and the chosen configuration's test evaluation too);
+- ``prepared/zero_shot.json``: the starting model's evaluation, the baseline every trial is
+  compared with.
+
+``raymmft search`` and ``raymmft train`` run it in one Ray task with one trial worker's resources;
+``--resume`` finds it done. When a searched field changes the starting model, the evaluation or the
+ID classes (``model.arch``, ``eval.*``, ``data.*``, ...), no one preparation holds for every trial:
+then nothing is prepared and each trial mines for itself (through the NegLabel cache).
+"""
+
+from __future__ import annotations
+
+from raymmft.config import Config
+from raymmft.progress import say
+from raymmft.results.experiment import NEGATIVES_FILE, PREPARED_DIR, ZERO_SHOT_FILE
+from raymmft.storage import Location
+
+# searched fields under these change what the preparation computes
+PER_TRIAL = ("model.arch", "model.pretrained", "eval.", "data.", "train.template")
+
+
+def per_trial_fields(cfg: Config) -> list[str]:
+    """The searched fields that make the starting model, its evaluation or the ID classes differ
+    between trials (``[]``: one preparation serves every trial)."""
+    return [k for k in cfg.search.distributions if k.startswith(PER_TRIAL)]
+
+
+def prepared_files(experiment: Location) -> dict[str, Location | None]:
+    """The experiment's prepared files that exist: ``{"negatives": ..., "zero_shot": ...}``."""
+    directory = experiment.join(PREPARED_DIR)
+    files = {
+        "negatives": directory.join(NEGATIVES_FILE),
+        "zero_shot": directory.join(ZERO_SHOT_FILE),
+    }
+    return {k: v if v.is_file() else None for k, v in files.items()}
+
+
+def prepare(
+    cfg: Config, experiment: str | Location, *, cache: str | Location | None = None
+) -> dict:
+    """Mine the negatives and evaluate the zero-shot starting model; store both under
+    ``<experiment>/prepared``. Returns the prepared files' URIs (``negatives`` is ``None`` when no
+    score uses NegLabel)."""
+    import torch
+
+    from raymmft.evaluation import write_json
+    from raymmft.loop import evaluator_for, model_of, report_metrics
+
+    experiment = Location.parse(experiment)
+    directory = experiment.join(PREPARED_DIR)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.resources.use_gpu else "cpu")
+    say(
+        f"preparing the search: starting model {cfg.model.arch} ({cfg.model.pretrained or 'random init'})"
+    )
+    bundle = model_of(cfg, device)
+    cache = Location.parse(cache) if cache is not None else None
+    evaluator = evaluator_for(cfg, bundle, device, cache=cache)
+    out = {"negatives": None, "zero_shot": None}
+    if "neglabel" in evaluator.setups:
+        negatives = evaluator.setups["neglabel"].negatives
+        out["negatives"] = negatives.save(directory.join(NEGATIVES_FILE)).uri
+    result = evaluator.evaluate(bundle.model)
+    extra = {"metrics": report_metrics(cfg, result), "model": cfg.model.model_dump(mode="json")}
+    out["zero_shot"] = write_json(result, directory.join(ZERO_SHOT_FILE), extra).uri
+    say(
+        f"zero-shot starting model: ID accuracy {result.id_accuracy:.4f}, "
+        f"OoD AUROC {result.mean[result.primary_score]['auroc']:.4f} ({result.primary_score})"
+    )
+    return out
