@@ -21,6 +21,7 @@ import torch
 
 from raymmft.config import Config
 from raymmft.data import build_loader, open_dataset, per_worker_batch
+from raymmft.data.dataset import fill_unreadable
 from raymmft.data.spec import set_names
 from raymmft.evaluation import Evaluator
 from raymmft.finetune import FineTuner, seed_everything, steps_per_epoch
@@ -233,10 +234,12 @@ def _train_epoch(run: _Run, worker: Worker, hooks: Hooks) -> dict:
     if hasattr(run.loader.sampler, "set_epoch"):
         run.loader.sampler.set_epoch(tuner.epoch)
     sums = {"loss": 0.0, "contrastive": 0.0, "regularizer": 0.0}
-    start, n = time.perf_counter(), 0
+    start, n, skipped = time.perf_counter(), 0, 0
     for images, labels in run.loader:
         if n >= run.steps:
             break
+        images, labels, replaced = fill_unreadable(images, labels)
+        skipped += replaced
         hooks.before_step(worker.rank, tuner.step, images)
         result = tuner.train_step(images, labels)
         for k in sums:
@@ -255,6 +258,7 @@ def _train_epoch(run: _Run, worker: Worker, hooks: Hooks) -> dict:
         "lr": tuner.lr,
         "logit_scale": tuner.logit_scale,
         "images_per_s": n * tuner.cfg.batch_size / seconds,
+        "train_skipped": skipped,
         "time/train_s": run.train_seconds,
     }
 

@@ -14,7 +14,7 @@ from raymmft.model import check_model_spec
 def preflight(cfg: Config) -> None:
     check_model_spec(cfg.model.arch, cfg.model.pretrained)
     per_worker_batch(cfg.train.batch_size, cfg.resources.num_workers)
-    train = open_dataset(cfg.data.id_train, None)
+    train = open_dataset(cfg.data.id_train, None, check=True)
     if len(train) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size {cfg.train.batch_size} is larger than the ID train set "
@@ -25,7 +25,7 @@ def preflight(cfg: Config) -> None:
         *((f"data.ood_val[{i}]", s) for i, s in enumerate(cfg.data.ood_val)),
         *((f"data.ood_test[{i}]", s) for i, s in enumerate(cfg.data.ood_test)),
     ]:
-        dataset = open_dataset(spec, None, id_classnames=train.classnames)
+        dataset = open_dataset(spec, None, id_classnames=train.classnames, check=True)
         if len(dataset) == 0:
             raise DataError(f"{where} ({spec}) holds no images")
     if "neglabel" in cfg.eval.scores:

@@ -11,7 +11,9 @@ Tags (``<key>`` is a metric name as ``run_training`` reports it):
 - ``train/loss``, ``train/contrastive``: the total loss and its CLIP cross-entropy part;
   ``train/cma_regularizer``: R = R_img + R_txt (mean negative log-sum-exp, docs/method.md, "The CMA loss");
   ``train/cma_term``: lam * R, the CMA part of the loss (when ``train.lam`` is an hparam);
-  ``train/lr``, ``train/logit_scale``, ``train/images_per_s``.
+  ``train/lr``, ``train/logit_scale``, ``train/images_per_s``, ``train/skipped_images``;
+  ``time/train_s``, ``time/eval_s``, ``time/checkpoint_s``, ``time/startup_s``: where the trial's
+  time went since the previous report.
 - ``eval/id_acc``, ``eval/modality_gap``, ``eval/score``;
   ``eval/ood_<m>`` (mean over the OoD val sets, primary score) and ``eval/ood_<m>/<set>`` for
   ``<m>`` in auroc, fpr95, aupr_in, aupr_out; ``eval/<score>/ood_<m>[/<set>]`` for every score.
@@ -46,7 +48,10 @@ TRAIN_TAGS: dict[str, str] = {
     "lr": "train/lr",
     "logit_scale": "train/logit_scale",
     "images_per_s": "train/images_per_s",
+    "train_skipped": "train/skipped_images",
 }
+# where the trial's time went since the last report (raymmft.loop): logged under their own names
+TIME_PREFIX = "time/"
 CMA_TERM_TAG = "train/cma_term"
 # Bookkeeping in the metrics dict that is not a measurement.
 NOT_LOGGED = frozenset({"epoch", "step", "world_size", "checkpoint_path"})
@@ -143,6 +148,9 @@ class TrialWriter:
         for key, tag in TRAIN_TAGS.items():
             if _is_number(metrics.get(key)):
                 self._writer.add_scalar(tag, float(metrics[key]), step)
+        for key, value in metrics.items():
+            if key.startswith(TIME_PREFIX) and _is_number(value):
+                self._writer.add_scalar(key, float(value), step)
         if self._lam is not None and _is_number(metrics.get("train_regularizer")):
             self._writer.add_scalar(
                 CMA_TERM_TAG, self._lam * float(metrics["train_regularizer"]), step
@@ -153,7 +161,9 @@ class TrialWriter:
         """Every evaluation metric as ``eval/<key>``; with ``evaluation`` (an ``EvaluationResult``)
         also the ID vs OoD score histograms. Then copies the event files to the destination."""
         for key, value in metrics.items():
-            if key in NOT_LOGGED or key in TRAIN_TAGS or not _is_number(value):
+            if key in NOT_LOGGED or key in TRAIN_TAGS or key.startswith(TIME_PREFIX):
+                continue
+            if not _is_number(value):
                 continue
             self._writer.add_scalar(f"eval/{key}", float(value), step)
         if evaluation is not None:

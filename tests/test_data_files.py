@@ -166,17 +166,17 @@ def test_unreadable_images_fail_at_open_or_are_skipped_and_counted(folder):
     with pytest.raises(
         DataError, match=exactly(f"cannot read image {garbage}: not a recognised image format")
     ):
-        open_dataset(f"imagefolder:{root}", None)
+        open_dataset(f"imagefolder:{root}", None, check=True)
     # Truncated: the header reads, the pixels do not.
     full = (root / "blue_square" / "0.png").read_bytes()
     truncated = root / "blue_square" / "truncated.png"
     truncated.write_bytes(full[: len(full) // 2])
-    dataset = open_dataset(f"imagefolder:{root}?skip_corrupt=true", None)
+    dataset = open_dataset(f"imagefolder:{root}?skip_corrupt=true", None, check=True)
     assert dataset.num_skipped == 2
     assert sorted(dataset.skipped) == sorted([str(truncated), str(garbage)])
     assert len(dataset) == len(pixels)
     garbage.unlink()
-    strict = open_dataset(f"imagefolder:{root}", None)  # the header check passes...
+    strict = open_dataset(f"imagefolder:{root}", None, check=True)  # the header check passes...
     k = strict.sample_ids.index(str(truncated))
     with pytest.raises(
         DataError, match=exactly(f"cannot read image {truncated}: image file is truncated")
@@ -296,8 +296,8 @@ def test_parquet_custom_columns_and_corrupt_rows(tmp_path):
         DataError,
         match=exactly(f"cannot read image {tmp_path / 'custom'}#1: not a recognised image format"),
     ):
-        open_dataset(uri, None)
-    dataset = open_dataset(uri + "&skip_corrupt=true", None)
+        open_dataset(uri, None, check=True)
+    dataset = open_dataset(uri + "&skip_corrupt=true", None, check=True)
     assert dataset.skipped == [f"{tmp_path / 'custom'}#1"]
     assert len(dataset) == 2 and dataset.labels.tolist() == [0, 0]
     with pytest.raises(DataError, match=exactly(f"dataset path does not exist: {tmp_path / 'x'}")):

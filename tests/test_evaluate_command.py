@@ -58,14 +58,14 @@ def test_evaluate_command_table_and_json_equal_library(tmp_path, capsys):
     saved = json.loads(out.read_text())
 
     # the same embeddings, computed here with the library functions
+    from raymmft.config import NegLabelConfig
     from raymmft.data import build_loader, open_dataset
     from raymmft.model import build_model
-    from raymmft.config import NegLabelConfig
     from raymmft.ood.embed import TextEncoder, class_text_features, encode_images
-    from raymmft.world.corpus import world_corpus
     from raymmft.ood.metrics import accuracy, ood_metrics
     from raymmft.ood.neglabel import mine_negative_labels
     from raymmft.ood.scores import clip_logits, energy_score, mcm_score, neglabel_score
+    from raymmft.world.corpus import world_corpus
 
     torch.manual_seed(3)
     bundle = build_model("raymmft-tiny")

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from pydantic import ValidationError
 
 from raymmft.config import EvalConfig, NegLabelConfig

@@ -2,6 +2,8 @@
 world; every evaluation reports the metrics; Optuna saw every trial; ASHA stops a weak trial; a
 diverging (NaN) trial fails with its reason while the others finish."""
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -75,11 +77,17 @@ def search(tmp_path_factory):
     cfg_path.write_text(yaml.safe_dump(CONFIG))
     import ray
 
+    printed = io.StringIO()
     try:
-        code = main(["search", str(cfg_path), "--storage", str(root / "results")])
+        with contextlib.redirect_stdout(printed):
+            code = main(["search", str(cfg_path), "--storage", str(root / "results")])
     finally:
         ray.shutdown()
+    SEARCH_OUTPUT.append(printed.getvalue())
     return code, root / "results" / "e2e"
+
+
+SEARCH_OUTPUT: list[str] = []
 
 
 def _by_lr(exp_dir: Path) -> tuple[dict, dict]:
@@ -167,3 +175,25 @@ def test_asha_stopped_a_trial_and_optuna_saw_all(search):
     )
     told = sorted((round(t.values[0], 6), round(t.values[1], 6)) for t in complete)
     assert told == finals
+
+
+def test_the_printed_table_is_the_reports_rows(search):
+    """search prints the rows trials.parquet holds: same trials, order, stop reasons, values."""
+    _, exp_dir = search
+    import pyarrow.parquet as pq
+
+    from raymmft.results.rows import format_trials, sorted_rows
+
+    rows = pq.read_table(exp_dir / "report" / "trials.parquet").to_pylist()
+    printed = SEARCH_OUTPUT[0]
+    table = format_trials(rows)
+    assert table in printed
+    body = [ln for ln in table.splitlines()[2:] if ln.strip() and not ln.startswith("(")]
+    assert len(body) == 3
+    ids = [ln.split()[1] if ln.startswith("*") else ln.split()[0] for ln in body]
+    assert ids == [r["trial_id"] for r in sorted_rows(rows)]
+    for row in rows:
+        line = next(ln for ln in body if row["trial_id"] in ln)
+        assert row["stop_reason"] in line.split()
+        if row["stop_reason"] != "error":
+            assert f"{row['id_acc']:.4f}" in line.split()

@@ -160,3 +160,46 @@ def test_markdown_table_rows_and_cells():
     assert len(lines) == 4
     assert lines[2].startswith("| zero-shot | 50.0 | 0.250 | 90.0 / 10.0 |")
     assert lines[3].startswith("| CMA (λ = 0.3) |")
+
+
+def test_world_metrics_reproduce_the_record(shipped):
+    """The world's metrics, now measured through the one evaluator, give the recorded values."""
+    from raymmft.world.metrics import world_metrics
+
+    recorded = json.loads(WORLD_METRICS.read_text())["metrics"]
+    measured = world_metrics(shipped)
+    assert set(recorded) <= set(measured)
+    assert metrics_within_tolerance(measured, recorded) == []
+
+
+def test_comparison_rows_are_each_runs_test_evaluation():
+    """compare-world's rows: the starting model and each run's final weights, evaluated on the
+    test sets by the same evaluator (the negatives the starting model mined)."""
+    from raymmft.config import apply_trial_params
+    from raymmft.loop import evaluator_for, model_of
+
+    far = {"uri": "builtin:shapes", "split": "test", "classes": "far_ood", "per_class": 10}
+    cfg = finetune_config(0.0)
+    cfg = apply_trial_params(cfg, {"data.ood_test": [{**far, "name": "far-test"}]})
+    cfg = apply_trial_params(
+        cfg, {"eval.scores": ["neglabel", "mcm"], "eval.ood_score": "neglabel"}
+    )
+    cfg = apply_trial_params(cfg, {"eval.neglabel.corpus": "world"})
+    rows = compare.compare_methods(cfg, [0.0, 1.0])
+    assert [(r["method"], r["lam"]) for r in rows] == [
+        ("zero-shot", None),
+        ("FLYP", 0.0),
+        ("CMA", 1.0),
+    ]
+
+    bundle = model_of(cfg)
+    evaluator = evaluator_for(cfg, bundle, on="test")
+    keys = ("id_acc", "modality_gap", "neglabel/ood_auroc/far-test", "mcm/ood_fpr95/far-test")
+    zero_shot = evaluator.evaluate(bundle.model).flat_metrics()
+    assert {k: rows[0][k] for k in keys} == {k: zero_shot[k] for k in keys}
+    state = compare.finetune_world(apply_trial_params(cfg, {"train.lam": 1.0}))["state"]
+    bundle.model.load_state_dict(state["model"])
+    tuned = evaluator.evaluate(bundle.model).flat_metrics()
+    for k in keys:
+        assert rows[2][k] == pytest.approx(tuned[k], abs=1e-6), k
+    assert rows[2]["modality_gap"] < rows[0]["modality_gap"]  # CMA moved the weights

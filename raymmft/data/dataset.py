@@ -51,8 +51,17 @@ def decode_image(data: bytes | str | Path, where: str) -> Image.Image:
         raise DataError(f"cannot read image {where}: {unreadable_reason(exc)}") from None
 
 
+# the label of an image that could not be decoded (``skip_corrupt``): consumers drop or replace it
+UNREADABLE = -1
+
+
 class LabeledImageDataset(torch.utils.data.Dataset):
-    """``dataset[i] -> (transform(image), label)``; ``transform=None`` returns the PIL image."""
+    """``dataset[i] -> (transform(image), label)``; ``transform=None`` returns the PIL image.
+
+    An image that cannot be decoded raises ``DataError`` naming it, or, with ``skip_corrupt``,
+    comes back as a black image labelled ``UNREADABLE`` (-1): evaluation leaves it out and counts
+    it, training replaces it (``fill_unreadable``).
+    """
 
     def __init__(
         self,
@@ -62,12 +71,14 @@ class LabeledImageDataset(torch.utils.data.Dataset):
         transform: Transform = None,
         *,
         skipped: Sequence[str] = (),
+        skip_corrupt: bool = False,
     ):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classnames = list(classnames)
         self.sample_ids = list(sample_ids)
         self.transform = transform
-        self.skipped = list(skipped)  # sample ids of unreadable images left out (skip_corrupt)
+        self.skipped = list(skipped)  # left out when opened with a check (skip_corrupt)
+        self.skip_corrupt = skip_corrupt
 
     @property
     def num_skipped(self) -> int:
@@ -80,8 +91,12 @@ class LabeledImageDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int):
-        image = self.load_image(index)
-        label = int(self.labels[index])
+        try:
+            image, label = self.load_image(index), int(self.labels[index])
+        except DataError:
+            if not self.skip_corrupt:
+                raise
+            image, label = Image.new("RGB", (32, 32)), UNREADABLE
         return (image if self.transform is None else self.transform(image)), label
 
 
@@ -99,8 +114,13 @@ class ArrayImageDataset(LabeledImageDataset):
 class FileImageDataset(LabeledImageDataset):
     """Images read from files on each access (ImageFolder)."""
 
-    def __init__(self, paths, labels, classnames, transform=None, *, skipped=()):
-        super().__init__(labels, classnames, [str(p) for p in paths], transform, skipped=skipped)
+    def __init__(
+        self, paths, labels, classnames, transform=None, *, skipped=(), skip_corrupt=False
+    ):
+        ids = [str(p) for p in paths]
+        super().__init__(
+            labels, classnames, ids, transform, skipped=skipped, skip_corrupt=skip_corrupt
+        )
 
     def load_image(self, index: int) -> Image.Image:
         return decode_image(self.sample_ids[index], self.sample_ids[index])
@@ -109,9 +129,40 @@ class FileImageDataset(LabeledImageDataset):
 class EncodedImageDataset(LabeledImageDataset):
     """Images held as encoded bytes (PNG/JPEG) in memory, decoded on access (Parquet)."""
 
-    def __init__(self, encoded, labels, classnames, sample_ids, transform=None, *, skipped=()):
-        super().__init__(labels, classnames, sample_ids, transform, skipped=skipped)
+    def __init__(
+        self,
+        encoded,
+        labels,
+        classnames,
+        sample_ids,
+        transform=None,
+        *,
+        skipped=(),
+        skip_corrupt=False,
+    ):
+        super().__init__(
+            labels, classnames, sample_ids, transform, skipped=skipped, skip_corrupt=skip_corrupt
+        )
         self.encoded = list(encoded)
 
     def load_image(self, index: int) -> Image.Image:
         return decode_image(self.encoded[index], self.sample_ids[index])
+
+
+def fill_unreadable(
+    images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A training batch with its ``UNREADABLE`` samples replaced by readable ones of the same
+    batch (in turn), so every worker keeps its share of the global batch; the count replaced. A
+    batch with nothing readable is a ``DataError``."""
+    bad = labels == UNREADABLE
+    count = int(bad.sum())
+    if not count:
+        return images, labels, 0
+    good = torch.nonzero(~bad).flatten()
+    if len(good) == 0:
+        raise DataError(f"every image of a training batch ({len(labels)}) is unreadable")
+    source = good[torch.arange(count) % len(good)]
+    images, labels = images.clone(), labels.clone()
+    images[bad], labels[bad] = images[source], labels[source]
+    return images, labels, count

@@ -4,9 +4,10 @@ Class folders are sorted by name (label = position). Class names come from, in o
 ``classnames_file`` (one per line, in label order), open_clip's ImageNet names when the folders are
 the 1,000 ImageNet wnids (``n01440764`` ...), else the folder names themselves.
 
-Every selected image's header is read when the dataset opens, so an unreadable file fails there,
-named, instead of in the middle of an epoch. With ``skip_corrupt`` each selected image is decoded
-fully once instead, and unreadable ones are left out and listed in ``dataset.skipped``.
+Opening lists the files; an unreadable image fails where it is decoded, named (or, with
+``skip_corrupt``, is left out of evaluation and counted). The driver's preflight opens with
+``check=True``: every selected image's header is read then (with ``skip_corrupt`` the whole image),
+so an unreadable file fails in seconds, before any trial starts.
 """
 
 from __future__ import annotations
@@ -116,13 +117,22 @@ def open_image_folder(
     transform: Callable | None,
     *,
     id_classnames: Sequence[str] | None = None,
+    check: bool = False,
 ) -> FileImageDataset:
-    """The images of ``spec`` (an ``imagefolder:`` spec), selected and checked."""
+    """The images of ``spec`` (an ``imagefolder:`` spec), selected. The files are listed, as
+    torchvision's ImageFolder does; an unreadable image is found where it is decoded. With
+    ``check`` (the driver's preflight, once per search) every selected image's header is read
+    now, or with ``skip_corrupt`` the whole image, and unreadable ones fail here or are left out
+    (``dataset.skipped``)."""
     scan = scan_image_folder(spec.location, classnames_file=spec.classnames_file)
     indices, labels, classnames = select_samples(
         spec, scan.labels, scan.classnames, id_classnames=id_classnames, aliases=scan.folders
     )
     paths = [scan.paths[i] for i in indices]
+    if not check:
+        return FileImageDataset(
+            paths, labels, classnames, transform, skip_corrupt=spec.skip_corrupt
+        )
     unreadable = find_unreadable(paths, full_decode=spec.skip_corrupt)
     if unreadable and not spec.skip_corrupt:
         path, why = unreadable[0]

@@ -54,12 +54,14 @@ def open_dataset(
     transform: Callable | None,
     *,
     id_classnames: Sequence[str] | None = None,
+    check: bool = False,
 ) -> LabeledImageDataset:
     """Open one dataset: ``dataset[i] == (transform(pil_rgb_image), label)``.
 
     ``id_classnames`` (the ID training set's class names) defines ``classes: near_ood``: the
     source's classes that are not ID classes. Labels always index ``dataset.classnames``; for OoD
-    sets they are the set's own class indices, which OoD scoring ignores.
+    sets they are the set's own class indices, which OoD scoring ignores. ``check`` reads every
+    file-backed image once now (the driver's preflight); otherwise images are read when used.
     """
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.model_validate(spec)
@@ -70,10 +72,10 @@ def open_dataset(
     if spec.kind == "imagefolder":
         from raymmft.data.imagefolder import open_image_folder
 
-        return open_image_folder(spec, transform, id_classnames=id_classnames)
+        return open_image_folder(spec, transform, id_classnames=id_classnames, check=check)
     from raymmft.data.parquet import open_parquet
 
-    return open_parquet(spec, transform, id_classnames=id_classnames)
+    return open_parquet(spec, transform, id_classnames=id_classnames, check=check)
 
 
 def per_worker_batch(global_batch: int, world_size: int) -> int:

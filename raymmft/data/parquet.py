@@ -156,8 +156,10 @@ def open_parquet(
     transform: Callable | None,
     *,
     id_classnames: Sequence[str] | None = None,
+    check: bool = False,
 ) -> EncodedImageDataset:
-    """The images of a ``parquet:`` spec, read with pyarrow into memory (encoded), then selected."""
+    """The images of a ``parquet:`` spec, read with pyarrow into memory (encoded), then selected;
+    with ``check`` every image's header is read now (see ``imagefolder.open_image_folder``)."""
     location = spec.location
     dataset = open_parquet_dataset(location)
     check_columns(dataset.schema.names, location, spec.image_column, spec.label_column)
@@ -190,6 +192,10 @@ def open_parquet(
     ids = [
         f"{location}#{row}" + (f" ({paths[k]})" if paths else "") for k, row in enumerate(indices)
     ]
+    if not check:
+        return EncodedImageDataset(
+            encoded, labels, selected, ids, transform, skip_corrupt=spec.skip_corrupt
+        )
     skipped, keep = [], []
     for k, data in enumerate(encoded):
         why = image_problem(data, full_decode=spec.skip_corrupt)

@@ -129,3 +129,51 @@ def plot_curves(exp: Experiment, rows: list[dict], top: int):
     fig.suptitle(f"{exp.name}: top {len(ranked)} trials by score (* = Pareto front)")
     fig.tight_layout()
     return fig
+
+
+TIME_COLOURS = {
+    "startup": "#9467bd",
+    "train": "#2ca02c",
+    "eval": "#1f77b4",
+    "checkpoint": "#ff7f0e",
+    "other": "#c7c7c7",
+}
+
+
+def plot_time(rows: list[dict]):
+    """How each trial's time divides: start-up (to the first step), training steps, evaluations,
+    checkpoints, and the rest of its wall time (Ray's scheduling, reporting), as stacked bars."""
+    from matplotlib.figure import Figure
+
+    from raymmft.results.rows import TIME_PARTS, sorted_rows
+
+    timed = [r for r in sorted_rows(rows) if not math.isnan(r.get("time_train_s", math.nan))]
+    fig = Figure(figsize=(9, 0.9 + 0.32 * max(len(timed), 3)), dpi=110)
+    ax = fig.subplots()
+    labels = [r["trial_id"] for r in timed]
+    left = [0.0] * len(timed)
+    for part in (*TIME_PARTS, "other"):
+        if part == "other":
+            widths = [
+                max(0.0, to_float(r["time_total_s"]) - sum(r[f"time_{p}_s"] for p in TIME_PARTS))
+                for r in timed
+            ]
+        else:
+            widths = [
+                0.0 if math.isnan(r[f"time_{part}_s"]) else r[f"time_{part}_s"] for r in timed
+            ]
+        ax.barh(labels, widths, left=left, color=TIME_COLOURS[part], label=part)
+        left = [a + b for a, b in zip(left, widths)]
+    if timed:
+        share = sum(r["time_train_s"] for r in timed) / max(sum(left), 1e-9)
+        ax.set_title(
+            f"where the trials' time went (training steps: {100 * share:.0f} %)", fontsize=10
+        )
+        ax.legend(loc="lower right", fontsize=8, ncols=5)
+        ax.invert_yaxis()
+    else:
+        ax.text(0.5, 0.5, "no trial has reported its time yet", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("seconds")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

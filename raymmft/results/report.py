@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from raymmft.results.experiment import REPORT_DIR, TENSORBOARD_DIR, Experiment, read_experiment
-from raymmft.results.plots import plot_curves, plot_pareto, png
+from raymmft.results.plots import plot_curves, plot_pareto, plot_time, png
 from raymmft.results.rows import best_row, config_value, format_trials, rows_table, trial_rows
 from raymmft.storage import Location
 
@@ -23,6 +23,7 @@ class ReportPaths:
     trials_parquet: str
     pareto_png: str
     curves_png: str
+    time_png: str
     tensorboard_command: str
     table: str
     num_trials: int
@@ -35,6 +36,7 @@ class ReportPaths:
             f"  {self.trials_parquet}",
             f"  {self.pareto_png}",
             f"  {self.curves_png}",
+            f"  {self.time_png}",
             f"TensorBoard: {self.tensorboard_command}",
             *self.notes,
         ]
@@ -54,16 +56,19 @@ def write_report(
 
     out = exp.location.join(REPORT_DIR) if out_dir is None else Location.parse(out_dir)
     out.mkdir()
-    parquet, pareto, curves = (out.join(n) for n in ("trials.parquet", "pareto.png", "curves.png"))
+    names = ("trials.parquet", "pareto.png", "curves.png", "time.png")
+    parquet, pareto, curves, times = (out.join(n) for n in names)
     pq.write_table(rows_table(rows), parquet.fs_path, filesystem=parquet.filesystem)
     title = f"{exp.name}: {len(rows)} trials, Pareto front of (ID accuracy, OoD AUROC)"
     pareto.write_bytes(png(plot_pareto(rows, best, title)))
     curves.write_bytes(png(plot_curves(exp, rows, top)))
+    times.write_bytes(png(plot_time(rows)))
     return ReportPaths(
         out_dir=str(out),
         trials_parquet=str(parquet),
         pareto_png=str(pareto),
         curves_png=str(curves),
+        time_png=str(times),
         tensorboard_command=tensorboard_command(exp.location),
         table=format_trials(rows),
         num_trials=len(rows),

@@ -39,6 +39,8 @@ TUNE_KEYS = frozenset(
 )
 # best_<metric> over a trial's reports: metric -> "max" or "min"
 BEST_OF = {"id_acc": "max", "ood_auroc": "max", "score": "max", "ood_fpr95": "min"}
+# where a trial's time went: each report's time/<part>_s (raymmft.loop), summed over its reports
+TIME_PARTS = ("startup", "train", "eval", "checkpoint")
 
 
 def to_float(v: Any) -> float:
@@ -88,7 +90,8 @@ def trial_rows(exp: Experiment) -> list[dict]:
     last report), ``max_epochs``, ``reports``, ``stop_reason``; the last report's objectives and
     every other metric under its reported name; ``best_<metric>``, ``best_epoch`` (of the best
     ``score``), ``time_total_s``, ``num_failures``, ``checkpoint_path``, ``path``, ``error``; and
-    ``pareto`` (on the front of ``OBJECTIVES``)."""
+    ``time_<part>_s`` for the parts of ``TIME_PARTS`` (summed over the reports) and ``pareto`` (on
+    the front of ``OBJECTIVES``)."""
     rows = []
     for t in exp.trials:
         last = t.results[-1] if t.results else {}
@@ -106,7 +109,8 @@ def trial_rows(exp: Experiment) -> list[dict]:
         for key in ("id_acc", "ood_auroc", "ood_fpr95", "modality_gap", "score"):
             row[key] = to_float(last.get(key))
         for key, value in last.items():
-            if key not in TUNE_KEYS and key not in row and key != "epoch" and _is_number(value):
+            own = key not in TUNE_KEYS and key not in row and key != "epoch"
+            if own and not key.startswith("time/") and _is_number(value):
                 row[key] = value
         for metric, mode in BEST_OF.items():
             values = [to_float(r.get(metric)) for r in t.results]
@@ -115,6 +119,9 @@ def trial_rows(exp: Experiment) -> list[dict]:
         scored = [r for r in t.results if not math.isnan(to_float(r.get("score")))]
         row["best_epoch"] = max(scored, key=lambda r: r["score"]).get("epoch") if scored else None
         row["time_total_s"] = to_float(last.get("time_total_s"))
+        for part in TIME_PARTS:
+            values = [r[f"time/{part}_s"] for r in t.results if _is_number(r.get(f"time/{part}_s"))]
+            row[f"time_{part}_s"] = float(sum(values)) if values else math.nan
         row["num_failures"] = t.num_failures
         checkpoint = exp.checkpoint(t)
         row["checkpoint_path"] = checkpoint.uri if checkpoint is not None else None
