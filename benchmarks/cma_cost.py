@@ -1,11 +1,13 @@
 """What the CMA regulariser costs: a training step with lambda > 0 against lambda = 0, and the loss alone.
 
-Two ``FineTuner``s over identical copies of the model take steps on the same batches, alternating
-step by step (ABBA order), so both see the same machine load; the first steps of each are warm-up. Then the loss function alone is timed (forward + backward from the features of
-one batch): the whole ``cma_loss`` at lambda = 0 and > 0, and the regulariser's own operations
-(row and column logsumexp of the logit matrix, forward + backward). Note that ``cma_loss_parts``
-computes the regulariser's value at lambda = 0 as well (it is reported as a training metric), so
-lambda > 0 adds only its backward.
+Two ``FineTuner``s over identical copies of the model, each wrapped as the worker loop wraps it
+(``raymmft.text_encoder.TrainingForward``: both towers, the class prompts at their real length),
+take steps on the same batches, alternating step by step (ABBA order), so both see the same machine
+load; the first steps of each are warm-up. Then the loss function alone is timed (forward +
+backward from the features of one batch): the whole ``cma_loss`` at lambda = 0 and > 0, and the
+regulariser's own operations (row and column logsumexp of the logit matrix, forward + backward).
+Note that ``cma_loss_parts`` computes the regulariser's value at lambda = 0 as well (it is reported
+as a training metric), so lambda > 0 adds only its backward.
 
     .venv/bin/python benchmarks/cma_cost.py                          # demo model, batch 60 and 256
     .venv/bin/python benchmarks/cma_cost.py --arch raymmft-small --batch 512
@@ -27,6 +29,7 @@ from raymmft.finetune import FineTuner, seed_everything
 from raymmft.losses import cma_loss
 from raymmft.model import build_model
 from raymmft.text import tokenize_class_prompts
+from raymmft.text_encoder import TrainingForward
 
 
 def batches(bundle, batch: int, num_classes: int, count: int, seed: int = 0):
@@ -54,7 +57,7 @@ def step_times(args, batch: int) -> dict:
     for lam in (0.0, args.lam):
         cfg = TrainConfig(lam=lam, lr=1e-4, warmup_steps=0, batch_size=batch)
         tuners[lam] = FineTuner(
-            copy.deepcopy(bundle.model),
+            TrainingForward(copy.deepcopy(bundle.model)),
             tokens,
             cfg,
             total_steps=10**6,

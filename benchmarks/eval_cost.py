@@ -3,12 +3,17 @@ NegLabel negatives), and score (NegLabel with grouping, MCM, and the metrics); s
 the total, and each phase's peak memory.
 
 The images are the built-in shapes world (half ID validation images, half far-OoD), generated before
-timing and encoded through the model's eval transform and a DataLoader, as ``raymmft.evaluate``
-does. The negatives are 10,000 words drawn (seeded) from the shipped WordNet corpus with NegLabel's
-noun and adjective prompts: mining, which picks them once per starting model and is cached, is not
-part of an evaluation (``--mine`` times it too). A trial's evaluator keeps the prompts' token ids
-after its first evaluation (``CachedTokenizer``); ``encode_texts_cached_ids`` is the text encoding
-from then on. Each phase runs ``--repeats`` times; medians.
+timing and encoded through the model's eval transform and a DataLoader (``eval.batch_size`` a batch,
+no shuffling), as ``raymmft.evaluation.Evaluator`` does. The negatives are 10,000 words drawn
+(seeded) from the shipped WordNet corpus with NegLabel's noun and adjective prompts
+(``NegLabelConfig.noun_template`` / ``adj_template``): mining, which picks them once per search (the
+preparation step) and is cached, is not part of an evaluation (``--mine`` times it too). Texts go
+through ``raymmft.ood.embed.TextEncoder``, as in the evaluator: tokenised once per encoder, sorted
+by length and encoded at their real length. ``encode_texts`` is a trial's first evaluation (a fresh
+encoder: every prompt tokenised); the evaluator keeps the prompts' token ids after it
+(``CachedTokenizer``), so ``encode_texts_cached_ids`` is the text encoding from then on. Scoring is
+``raymmft.evaluation.evaluate_embeddings`` with ``EvalConfig.score_params``. Each phase runs
+``--repeats`` times; medians.
 
 Memory: ``peak_rss_mib`` is the process's resident-set high-water mark during the phase (Linux
 ``/proc/self/clear_refs`` resets it before each phase; where that is not allowed, the figure is
@@ -33,14 +38,16 @@ from contextlib import contextmanager
 
 import harness
 import torch
+from torch.utils.data import DataLoader
 
-from raymmft.data import build_loader, open_dataset
-from raymmft.evaluate import evaluate_embeddings
+from raymmft.config import EvalConfig, NegLabelConfig
+from raymmft.data import open_dataset
+from raymmft.evaluation import evaluate_embeddings
 from raymmft.model import build_model
 from raymmft.ood.corpus import load_wordnet_corpus
 from raymmft.ood.embed import CachedTokenizer, TextEncoder, class_text_features, encode_images
-from raymmft.ood.neglabel import ADJ_TEMPLATE, NOUN_TEMPLATE, NegLabelParams
 from raymmft.ood.scores import mcm_score, neglabel_score
+from raymmft.text import class_prompts
 
 
 def _status_kib(field: str) -> int | None:
@@ -96,11 +103,12 @@ def phase(record: dict, name: str, *, trace: bool):
         entry["rss_reset"] = reset and hwm is not None
 
 
-def negative_prompts(count: int, seed: int = 0) -> list[str]:
-    """``count`` WordNet words with NegLabel's prompts, nouns and adjectives in corpus proportion."""
+def negative_prompts(settings: NegLabelConfig, count: int, seed: int = 0) -> list[str]:
+    """``count`` WordNet words with NegLabel's prompts (``settings``' noun and adjective templates),
+    nouns and adjectives in corpus proportion."""
     corpus = load_wordnet_corpus(())
-    words = [(w, NOUN_TEMPLATE) for w in corpus.nouns] + [
-        (w, ADJ_TEMPLATE) for w in corpus.adjectives
+    words = [(w, settings.noun_template) for w in corpus.nouns] + [
+        (w, settings.adj_template) for w in corpus.adjectives
     ]
     random.Random(seed).shuffle(words)
     if count > len(words):
@@ -146,14 +154,26 @@ def main() -> None:
         bundle.preprocess_eval,
         id_classnames=classnames,
     )
-    neg_prompts = negative_prompts(args.negatives)
-    id_loader = build_loader(id_set, args.eval_batch, shuffle=False, seed=0)
-    ood_loader = build_loader(ood_set, args.eval_batch, shuffle=False, seed=0)
-    params = NegLabelParams(ngroups=args.ngroups)
-    encoder = TextEncoder(model, tokenizer, "cpu", params.text_batch_size)
+    settings = EvalConfig(
+        scores=["neglabel", "mcm"],
+        ood_score="neglabel",
+        temperature=0.01,
+        templates=["a photo of a {}."],
+        batch_size=args.eval_batch,
+        neglabel=NegLabelConfig(ngroups=args.ngroups),
+    )
+    neg_prompts = negative_prompts(settings.neglabel, args.negatives)
+    id_loader = DataLoader(id_set, batch_size=settings.batch_size, shuffle=False)
+    ood_loader = DataLoader(ood_set, batch_size=settings.batch_size, shuffle=False)
+
+    def text_encoder(tok) -> TextEncoder:
+        # as Evaluator.text_encoder: the default text batch size, the model's autocast dtype
+        return TextEncoder(model, tok, "cpu", autocast_dtype=bundle.autocast_dtype)
+
     # what a trial's evaluator does from its second evaluation on: the prompts' ids are kept
     cached_ids = CachedTokenizer(tokenizer)
-    cached_encoder = TextEncoder(model, cached_ids, "cpu", params.text_batch_size)
+    cached_encoder = text_encoder(cached_ids)
+    class_text_features(cached_encoder, classnames, settings.templates)
     cached_encoder(neg_prompts)
 
     record: dict = {}
@@ -161,18 +181,23 @@ def main() -> None:
     for r in range(args.repeats + 1):
         trace = r == args.repeats
         with phase(record, "encode_images", trace=trace):
-            id_feats, id_labels = encode_images(model, id_loader)
-            ood_feats, _ = encode_images(model, ood_loader)
+            id_feats, id_labels, _ = encode_images(
+                model, id_loader, autocast_dtype=bundle.autocast_dtype
+            )
+            ood_feats, _, _ = encode_images(model, ood_loader, autocast_dtype=bundle.autocast_dtype)
         with phase(record, "encode_texts", trace=trace):
-            class_feats = class_text_features(model, tokenizer, classnames, ["a photo of a {}."])
+            # a fresh encoder (no ids kept): a trial's first evaluation
+            encoder = text_encoder(tokenizer)
+            class_feats = class_text_features(encoder, classnames, settings.templates)
             neg_feats = encoder(neg_prompts)
         with phase(record, "encode_texts_cached_ids", trace=trace):
-            class_text_features(model, cached_ids, classnames, ["a photo of a {}."])
+            class_text_features(cached_encoder, classnames, settings.templates)
             cached_encoder(neg_prompts)
         with phase(record, "of_which_tokenize", trace=trace):
-            # what encode_texts spends in open_clip's (pure-Python) tokenizer, batch by batch
-            for start in range(0, len(neg_prompts), params.text_batch_size):
-                tokenizer(neg_prompts[start : start + params.text_batch_size])
+            # what encode_texts spends in open_clip's (pure-Python) tokenizer: one call over the new
+            # prompts of each encoder call, as CachedTokenizer makes it
+            tokenizer(class_prompts(classnames, settings.templates))
+            tokenizer(neg_prompts)
         all_feats = torch.cat([id_feats, ood_feats])
         with phase(record, "score_neglabel", trace=trace):
             neglabel_score(all_feats, class_feats, neg_feats, ngroups=args.ngroups)
@@ -184,18 +209,27 @@ def main() -> None:
                 id_labels,
                 class_feats,
                 {"far": ood_feats},
-                scores=["neglabel", "mcm"],
-                temperature=0.01,
-                neg_text_features=neg_feats,
-                neglabel_params=params,
+                scores=settings.scores,
+                primary_score=settings.ood_score,
+                params=settings.score_params,
+                inputs={"neglabel": {"neg_text_features": neg_feats}},
             )
         if not trace:
             print(f"repeat {r + 1}/{args.repeats} done, load {harness.loadavg()}", flush=True)
     if args.mine:
+        from raymmft.corpora import resolve_corpus
         from raymmft.ood.neglabel import mine_negative_labels
 
+        mining = NegLabelConfig(corpus="wordnet")  # NegLabel's defaults over the WordNet corpus
         with phase(record, "neglabel_mining_once", trace=False):
-            mined = mine_negative_labels(encoder, classnames, corpus="wordnet")
+            # as the Evaluator's NegLabel setup: a fresh encoder of the starting model, no cache
+            mined = mine_negative_labels(
+                text_encoder(tokenizer),
+                classnames,
+                resolve_corpus(mining),
+                mining,
+                id_templates=settings.templates,
+            )
         record["neglabel_mining_once"]["negatives"] = len(mined)
 
     med = {name: harness.median(entry["seconds"]) for name, entry in record.items()}

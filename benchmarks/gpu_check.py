@@ -6,8 +6,9 @@ training throughput of ViT-B-16, achieved TFLOP/s and MFU, and the CMA loss on G
    must agree to 1e-4 of their size, the gradients to 1e-4 (float32) or 1e-2 (bf16, one bf16 step).
 2. ``throughput``: one Ray Train worker (``ScalingConfig(num_workers=1, use_gpu=True)``; Ray Train
    sets up torch.distributed with NCCL, checked by an all-reduce) runs ``raymmft.finetune.FineTuner``
-   steps (the worker loop's own step: CMA loss, AdamW, bf16 autocast) on ViT-B-16 from random
-   initialisation, batch 256 of random 224-px images already on the GPU (so data loading is out of
+   steps (the worker loop's own step: ``raymmft.text_encoder.TrainingForward`` wrapped by
+   ``prepare_model``, the prompts at their real length, CMA loss, AdamW, bf16 autocast) on ViT-B-16
+   from random initialisation, batch 256 of random 224-px images already on the GPU (so data loading is out of
    the figure) and ImageNet-1k class prompts. FLOPs per step are counted once with
    ``torch.utils.flop_counter.FlopCounterMode`` (forward + backward of the step; matmuls, convolutions
    and attention), then ``--steps`` steps are timed after ``--warmup``. MFU = achieved TFLOP/s over the
@@ -148,6 +149,7 @@ def throughput_worker(config: dict) -> None:
     from raymmft.finetune import FineTuner, seed_everything
     from raymmft.model import build_model
     from raymmft.text import imagenet_classnames, tokenize_class_prompts
+    from raymmft.text_encoder import TrainingForward
 
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -168,7 +170,8 @@ def throughput_worker(config: dict) -> None:
     t0 = time.perf_counter()
     bundle = build_model(config["arch"], None, temperature=0.07, precision="bf16", device=device)
     info["build_model_s"] = time.perf_counter() - t0
-    model = ray.train.torch.prepare_model(bundle.model)
+    # as the worker loop: the training forward (both towers, text at its real length), then DDP
+    model = ray.train.torch.prepare_model(TrainingForward(bundle.model))
     info["model_wrapper"] = type(model).__name__
     info["parameters_m"] = sum(p.numel() for p in bundle.model.parameters()) / 1e6
     classnames = imagenet_classnames()
@@ -260,6 +263,7 @@ def run_throughput(args, storage: str) -> dict:
 def run_worker_loop(args, storage: str) -> dict:
     from raymmft.config import validate_config
     from raymmft.search import make_trainer
+    from raymmft.storage import Location
 
     steps = 3 if args.cpu_smoke else args.loop_steps
     per_class = max(1, -(-args.batch * steps // 12))  # the shapes world's 12 ID classes
@@ -296,7 +300,9 @@ def run_worker_loop(args, storage: str) -> dict:
     }
     cfg = validate_config(raw, "gpu_check worker-loop config")
     start = time.time()
-    result = make_trainer(cfg, storage=storage, name="gpu-check-loop", cache=None).fit()
+    result = make_trainer(
+        cfg, storage=Location.parse(storage), name="gpu-check-loop", cache=None
+    ).fit()
     m = result.metrics
     return {
         "images_per_s": m["images_per_s"],

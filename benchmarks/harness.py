@@ -173,6 +173,33 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def time_preparation(search) -> list[tuple[float, float]]:
+    """Make ``search.prepare_remote`` (``raymmft.search``'s preparation step, which ``run_train`` and
+    ``run_search`` call in this process before any trial) record the ``(start, end)`` wall-clock
+    times (``time.time()``) of every call in the list returned; patching twice returns the same
+    list."""
+    original = search.prepare_remote
+    if hasattr(original, "spans"):
+        return original.spans
+    spans: list[tuple[float, float]] = []
+
+    def prepare_remote(*args, **kwargs):
+        start = time.time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spans.append((start, time.time()))
+
+    prepare_remote.spans = spans
+    search.prepare_remote = prepare_remote
+    return spans
+
+
+def span_within(spans: Iterable[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds of the ``(start, end)`` spans that lie inside ``[start, end]``."""
+    return sum(e - s for s, e in spans if start <= s and e <= end)
+
+
 def argv_string() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
 

@@ -3,10 +3,11 @@
 The Ray side is a real trial: ``raymmft.search.make_trainer``'s ``TorchTrainer`` running
 ``raymmft.worker.train_fn_per_worker`` (through ``worker_probe.probed_train_fn``, which only adds a
 stopwatch), and its throughput is the ``images_per_s`` that the worker *reports* per epoch. The plain
-side is a hand-written loop in this process with the same model, data, batch, loss (CMA, same lambda),
-optimiser and schedule, timed the same way (images / seconds of the epoch's steps); a second plain
-loop calls ``FineTuner.train_step`` (the worker's own step), which separates what the Ray process
-environment costs from what our step code adds. Both exclude the
+side is a hand-written loop in this process with the same model, data, batch, forward
+(``raymmft.text_encoder.TrainingForward``, as the worker wraps the model: both towers, the prompts
+at their real length), loss (CMA, same lambda), optimiser and schedule, timed the same way (images /
+seconds of the epoch's steps); a second plain loop calls ``FineTuner.train_step`` (the worker's own
+step), which separates what the Ray process environment costs from what our step code adds. Both exclude the
 first epoch (warm-up: allocator, first-touch, lazy init) and take medians over the remaining epochs
 and over repeats; the runs alternate (Ray, plain, Ray, plain ...) on the same Ray instance, so both
 sides see the same background load.
@@ -90,6 +91,7 @@ def _train_plain(cfg, finetuner: bool) -> dict:
     from raymmft.losses import cma_loss
     from raymmft.model import clamp_logit_scale
     from raymmft.text import tokenize_class_prompts
+    from raymmft.text_encoder import TrainingForward
 
     seed_everything(cfg.train.seed)
     bundle = model_of(cfg)
@@ -105,7 +107,7 @@ def _train_plain(cfg, finetuner: bool) -> dict:
     )
     n_steps = steps_per_epoch(len(loader), cfg.train)
     tokens = tokenize_class_prompts(bundle.tokenizer, train_set.classnames, cfg.train.template)
-    model = bundle.model
+    model = TrainingForward(bundle.model)  # what the worker loop steps (before its DDP wrapping)
     optimizer = make_optimizer(model, cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, n_steps * cfg.train.epochs)
     lam = cfg.train.lam
@@ -141,7 +143,7 @@ def _train_plain(cfg, finetuner: bool) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            clamp_logit_scale(model)
+            clamp_logit_scale(bundle.model)
             loss.item()
             step_times.append(time.perf_counter() - t0)
             n += 1

@@ -1,9 +1,11 @@
 """``raymmft.worker.train_fn_per_worker`` with a stopwatch: where a Ray Train worker's time goes.
 
 ``probed_train_fn`` is passed to a ``TorchTrainer`` instead of ``train_fn_per_worker``; it wraps the
-phases of ``raymmft.loop.run_training`` (imports, model build, data, evaluator set-up with NegLabel
-mining, each training step, each evaluation and each report) by patching the module attributes the
-loop looks up, then calls the real ``train_fn_per_worker``. Timestamps are wall-clock
+phases of ``raymmft.loop.run_training`` (imports, loading the negatives a search's preparation step
+mined, model build, data, evaluator set-up (``raymmft.loop.evaluator_for``: the evaluation sets and
+the scores' setup, NegLabel mining when no prepared negatives were given), each training step, each
+evaluation and each report with its checkpoint) by patching the module attributes the loop and the
+worker look up, then calls the real ``train_fn_per_worker``. Timestamps are wall-clock
 (``time.time()``) so that they compare with the driver's and Ray's logs. Each rank writes
 ``<probe_dir>/rank<r>.json``. Only the benchmarks import this module (Ray adds the script's
 directory to its workers' ``sys.path``).
@@ -46,26 +48,36 @@ def probed_train_fn(loop_config: dict) -> None:
     import torch
 
     watch.mark("torch_imported")
+    import raymmft.evaluation as evaluation
     import raymmft.finetune as finetune
     import raymmft.loop as loop
+    import raymmft.ood.neglabel as neglabel
     import raymmft.tensorboard_log as tensorboard_log
     import raymmft.worker as worker
 
     watch.mark("raymmft_imported")
 
+    # train_fn_per_worker loads the prepared negatives (a search's preparation step) before the loop
+    neglabel.NegativeLabels.load = staticmethod(
+        watch.wrap("load_negatives", neglabel.NegativeLabels.load)
+    )
+    # model_of -> build_model; the train set (the first open_dataset), then evaluator_for opens the
+    # evaluation sets and builds the Evaluator, whose NegLabel setup mines (setup_neglabel ->
+    # mine_negative_labels) only when no prepared negatives were given
     loop.build_model = watch.wrap("build_model", loop.build_model)
     loop.open_dataset = watch.wrap("open_dataset", loop.open_dataset)
-    loop.prepare_negatives = watch.wrap("neglabel_mining", loop.prepare_negatives)
-    loop.Evaluator.__init__ = watch.wrap("evaluator_init", loop.Evaluator.__init__)
-    loop.Evaluator.evaluate = watch.wrap("evaluate", loop.Evaluator.evaluate)
-    loop.FineTuner.__init__ = watch.wrap("finetuner_init", loop.FineTuner.__init__)
+    loop.evaluator_for = watch.wrap("evaluator_init", loop.evaluator_for)
+    neglabel.mine_negative_labels = watch.wrap("neglabel_mining", neglabel.mine_negative_labels)
+    evaluation.Evaluator.evaluate = watch.wrap("evaluate", evaluation.Evaluator.evaluate)
+    finetune.FineTuner.__init__ = watch.wrap("finetuner_init", finetune.FineTuner.__init__)
     tensorboard_log.TrialWriter.__init__ = watch.wrap(
         "tensorboard_init", tensorboard_log.TrialWriter.__init__
     )
     tensorboard_log.TrialWriter.close = watch.wrap(
         "tensorboard_close", tensorboard_log.TrialWriter.close
     )
-    worker.save_checkpoint = watch.wrap("save_checkpoint", worker.save_checkpoint)
+    # writing rank 0's checkpoint (raymmft.checkpoint.save_state, as imported into the worker)
+    worker.save_state = watch.wrap("save_checkpoint", worker.save_state)
     # ray.train.report alone (inside _report, after the checkpoint is written)
     worker.ray.train.report = watch.wrap("ray_train_report", worker.ray.train.report)
     inner_report = worker._report
@@ -179,26 +191,36 @@ class ProbedTrainer:
 def probed_trainer(
     cfg,
     *,
-    storage: str,
+    storage,
     name: str,
     probe_dir: str | Path,
-    cache: str | None = None,
-    tensorboard_dir: str | None = None,
+    cache=None,
+    tensorboard_dir=None,
+    negatives: str | None = None,
     callbacks=(),
     make_trainer=None,
 ):
     """The ``TorchTrainer`` that ``raymmft.search.make_trainer`` builds for ``cfg`` (same scaling and
-    run config, callbacks included), running ``probed_train_fn`` instead of ``train_fn_per_worker``."""
+    run config, callbacks included), running ``probed_train_fn`` instead of ``train_fn_per_worker``.
+    ``storage``, ``cache`` and ``tensorboard_dir`` are paths or URIs (``str``) or
+    ``raymmft.storage.Location``s; ``negatives`` is the URI of a search's prepared negatives."""
     from ray.train.torch import TorchTrainer
+
+    from raymmft.storage import Location
 
     if make_trainer is None:
         from raymmft.search import make_trainer
+
+    def location(value):
+        return None if value is None else Location.parse(value)
+
     reference = make_trainer(
         cfg,
-        storage=storage,
+        storage=location(storage),
         name=name,
-        cache=cache,
-        tensorboard_dir=tensorboard_dir,
+        cache=location(cache),
+        tensorboard_dir=location(tensorboard_dir),
+        negatives=negatives,
         callbacks=callbacks,
     )
     trainer = TorchTrainer(
@@ -222,7 +244,9 @@ def patch_search_module(search, probe_root: str | Path) -> None:
     if getattr(original, "probed", False):
         return
 
-    def make_trainer(cfg, *, storage, name, cache, tensorboard_dir=None, callbacks=()):
+    def make_trainer(
+        cfg, *, storage, name, cache, tensorboard_dir=None, negatives=None, callbacks=()
+    ):
         return probed_trainer(
             cfg,
             storage=storage,
@@ -230,6 +254,7 @@ def patch_search_module(search, probe_root: str | Path) -> None:
             probe_dir=Path(probe_root) / name,
             cache=cache,
             tensorboard_dir=tensorboard_dir,
+            negatives=negatives,
             callbacks=callbacks,
             make_trainer=original,
         )
