@@ -262,6 +262,18 @@ class SearchConfig(_Section):
         None, ge=1, description="None: derived from the cluster"
     )
     seed: int = 0
+    optuna_storage: str | None = Field(
+        None,
+        description="an Optuna RDB URL (sqlite:///..., postgresql://...) for the study; default: "
+        "<experiment>/optuna.journal on local or shared storage, none on object storage",
+    )
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _rdb_url(cls, v):
+        if v is not None and "://" not in v:
+            raise ValueError(f"must be an RDB URL such as sqlite:///study.db, got {v!r}")
+        return v
 
     @field_validator("space")
     @classmethod

@@ -240,7 +240,8 @@ class Evaluator:
         context = ScoreContext(
             settings=settings,
             classnames=self.classnames,
-            encode=self.text_encoder(bundle.model),
+            # its own token-id cache: mining's candidates (WordNet: 140k prompts) are not kept
+            encode=self.text_encoder(bundle.model, CachedTokenizer(bundle.tokenizer)),
             corpus=corpus,
             negatives=negatives,
             cache=cache,
@@ -252,10 +253,12 @@ class Evaluator:
     def num_images(self) -> int:
         return sum(len(d) for d in self.sets.values())
 
-    def text_encoder(self, model: torch.nn.Module) -> TextEncoder:
+    def text_encoder(self, model: torch.nn.Module, tokenizer=None) -> TextEncoder:
+        """A text encoder of ``model`` on this evaluator's device and workers; by default with
+        the token ids the evaluator keeps across evaluations."""
         return TextEncoder(
             model,
-            self.tokenizer,
+            tokenizer or self.tokenizer,
             self.device,
             autocast_dtype=self.bundle.autocast_dtype,
             rank=self.rank,

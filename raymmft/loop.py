@@ -66,7 +66,10 @@ class Hooks:
 
 
 def model_of(cfg: Config, device: torch.device | str = "cpu"):
-    """The starting model of ``cfg`` (arch, weights, temperature, precision) on ``device``."""
+    """The starting model of ``cfg`` (arch, weights, temperature, precision) on ``device``. The
+    random state is seeded with ``train.seed`` first, so a randomly initialised start is the same
+    for every trial, the preparation step and the final evaluation."""
+    seed_everything(cfg.train.seed)
     return build_model(
         cfg.model.arch,
         cfg.model.pretrained,
@@ -87,16 +90,19 @@ def evaluator_for(
     world_size: int = 1,
     negatives=None,
     cache: Location | None = None,
+    classnames: list[str] | None = None,
     out=None,
 ) -> Evaluator:
     """The evaluator of a config: the ID validation set and the OoD validation sets (``on="val"``,
     what trials are scored on), or the OoD test sets (``on="test"``, the chosen configuration's
-    report); class names from the ID train set. NegLabel takes ``negatives`` (mined once per search
-    by the starting model) or mines with ``bundle``'s model from the configured corpus."""
+    report); class names from the ID train set (``classnames`` when the caller opened it already).
+    NegLabel takes ``negatives`` (mined once per search by the starting model) or mines with
+    ``bundle``'s model from the configured corpus."""
     from raymmft.corpora import resolve_corpus
 
     transform = bundle.preprocess_eval
-    classnames = open_dataset(cfg.data.id_train, None).classnames
+    if classnames is None:
+        classnames = open_dataset(cfg.data.id_train, None).classnames
     specs = cfg.data.ood_val if on == "val" else cfg.data.ood_test
     ood = {
         name: open_dataset(spec, transform, id_classnames=classnames)
@@ -203,6 +209,7 @@ def _setup(cfg: Config, worker: Worker, inputs: RunInputs) -> _Run:
         world_size=worker.world_size,
         negatives=inputs.negatives,
         cache=inputs.cache,
+        classnames=train_set.classnames,
     )
     writer = None
     if worker.rank == 0 and inputs.tensorboard is not None:

@@ -6,7 +6,7 @@ ID validation set and the OoD validation sets, and stores both in the experiment
 - ``prepared/negatives.pt``: the mined negatives (``NegativeLabels``), which every trial loads
   instead of mining (and the chosen configuration's test evaluation too);
 - ``prepared/zero_shot.json``: the starting model's evaluation, the baseline every trial is
-  compared with.
+  compared with (and ``tensorboard/zero-shot``, the same at step 0).
 
 ``raymmft search`` and ``raymmft train`` run it in one Ray task with one trial worker's resources;
 ``--resume`` finds it done. When a searched field changes the starting model, the evaluation or the
@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from raymmft.config import Config
 from raymmft.progress import say
-from raymmft.results.experiment import NEGATIVES_FILE, PREPARED_DIR, ZERO_SHOT_FILE
+from raymmft.results.experiment import (
+    NEGATIVES_FILE,
+    PREPARED_DIR,
+    TENSORBOARD_DIR,
+    ZERO_SHOT_FILE,
+)
+from raymmft.results.rows import BASELINE_ID as BASELINE_RUN
 from raymmft.storage import Location
 
 # searched fields under these change what the preparation computes
@@ -66,8 +72,18 @@ def prepare(
         negatives = evaluator.setups["neglabel"].negatives
         out["negatives"] = negatives.save(directory.join(NEGATIVES_FILE)).uri
     result = evaluator.evaluate(bundle.model)
-    extra = {"metrics": report_metrics(cfg, result), "model": cfg.model.model_dump(mode="json")}
+    metrics = report_metrics(cfg, result)
+    extra = {"metrics": metrics, "model": cfg.model.model_dump(mode="json")}
     out["zero_shot"] = write_json(result, directory.join(ZERO_SHOT_FILE), extra).uri
+    # the baseline in TensorBoard: the trials' evaluation tags at step 0, a run of its own
+    from raymmft.data.spec import set_names
+    from raymmft.tensorboard_log import TrialWriter
+
+    writer = TrialWriter(
+        experiment.join(TENSORBOARD_DIR, BASELINE_RUN), None, ood_sets=set_names(cfg.data.ood_val)
+    )
+    writer.log_eval(0, metrics, result)
+    writer.close()
     say(
         f"zero-shot starting model: ID accuracy {result.id_accuracy:.4f}, "
         f"OoD AUROC {result.mean[result.primary_score]['auroc']:.4f} ({result.primary_score})"

@@ -23,16 +23,21 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import SearchGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 from raymmft.config import EXPERIMENT_CONFIG_FILE as CONFIG_FILE
 from raymmft.config import Config, apply_trial_params, flatten_fields
 from raymmft.errors import ConfigError
-from raymmft.results.experiment import UNFINISHED, tune_state
+from raymmft.results.experiment import (
+    OPTUNA_JOURNAL,
+    TENSORBOARD_DIR,
+    TRAIN_RUNS_DIR,
+    UNFINISHED,
+    tune_state,
+)
 from raymmft.storage import Location
 from raymmft.worker import train_fn_per_worker
 
-TRAIN_RUNS_DIR = "train_runs"
-TENSORBOARD_DIR = "tensorboard"
 CACHE_DIR = ".raymmft_cache"
 
 
@@ -72,11 +77,46 @@ def param_space(cfg: Config) -> dict:
 flatten_params = flatten_fields
 
 
-def optuna_search(cfg: Config):
-    """Tune's ``OptunaSearch`` with the configured sampler (TPE, NSGA-II or random), seeded, on the
-    objectives, trying ``search.initial_points`` first."""
+TUNE_TRIAL_ID = "tune_trial_id"  # the user attribute that ties an Optuna trial to its Tune trial
+
+
+class TaggedOptunaSearch(OptunaSearch):
+    """Tune's ``OptunaSearch`` that writes each Tune trial's id into its Optuna trial (a user
+    attribute), so a study kept in a storage maps back onto Tune's trials on ``--resume``."""
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None and TUNE_TRIAL_ID not in trial.user_attrs:
+            trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return config
+
+
+def study_storage(cfg: Config) -> str | None:
+    """Where the search's Optuna study lives (study name: the experiment's): ``search.optuna_storage``
+    (an RDB URL), else ``<experiment>/optuna.journal`` on local or shared storage (Optuna's
+    ``JournalStorage``: ``optuna-dashboard`` reads it live), else nowhere but Tune's own state
+    (object storage)."""
+    if cfg.search.optuna_storage:
+        return cfg.search.optuna_storage
+    exp = cfg.storage.experiment
+    return exp.join(OPTUNA_JOURNAL).path if exp.is_local else None
+
+
+def open_study_storage(spec: str):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    from optuna.storages.journal import JournalFileBackend
+
+    if "://" in spec:
+        return optuna.storages.RDBStorage(spec)
+    os.makedirs(os.path.dirname(spec), exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+def optuna_search(cfg: Config, storage: str | None = None) -> TaggedOptunaSearch:
+    """Tune's ``OptunaSearch`` with the configured sampler (TPE, NSGA-II or random), seeded, on the
+    objectives, trying ``search.initial_points`` first; its study in ``storage`` when given."""
+    import optuna
 
     s = cfg.search
     samplers = {
@@ -90,8 +130,13 @@ def optuna_search(cfg: Config):
         metrics, modes = metrics[0], modes[0]
     # Optuna names a nested Tune parameter "train/lam".
     points = [{k.replace(".", "/"): v for k, v in p.items()} for p in s.initial_points]
-    return OptunaSearch(
-        metric=metrics, mode=modes, sampler=samplers[s.sampler](), points_to_evaluate=points
+    return TaggedOptunaSearch(
+        metric=metrics,
+        mode=modes,
+        sampler=samplers[s.sampler](),
+        points_to_evaluate=points,
+        storage=open_study_storage(storage) if storage else None,
+        study_name=cfg.storage.name if storage else None,
     )
 
 
@@ -99,7 +144,9 @@ def make_searcher(cfg: Config, max_concurrent: int) -> ResumableSearch:
     """The search algorithm: ``optuna_search`` with at most ``max_concurrent`` trials at once."""
     from ray.tune.search import ConcurrencyLimiter
 
-    return ResumableSearch(ConcurrencyLimiter(optuna_search(cfg), max_concurrent=max_concurrent))
+    storage = study_storage(cfg)
+    limiter = ConcurrencyLimiter(optuna_search(cfg, storage), max_concurrent=max_concurrent)
+    return ResumableSearch(limiter, storage=storage)
 
 
 class ResumableSearch(SearchGenerator):
@@ -118,9 +165,35 @@ class ResumableSearch(SearchGenerator):
     state. (Reaches into OptunaSearch's ``_ot_trials``/``_ot_study``: no public API holds them.)
     """
 
+    def __init__(self, searcher, *, storage: str | None = None):
+        super().__init__(searcher)
+        self.storage = storage
+
     def restore_from_dir(self, dirpath: str) -> None:
         super().restore_from_dir(dirpath)
+        if self.storage is not None:
+            self._reattach_study()
         self.reconcile(tune_state(Location.parse(dirpath)))
+
+    def _reattach_study(self) -> None:
+        """The study as its storage holds it (written at every ask and tell, so never behind
+        Tune's pickled copy), its trials mapped to Tune's by their ``tune_trial_id``."""
+        import optuna
+
+        base = self.searcher.searcher
+        study = optuna.load_study(
+            study_name=base._study_name,
+            storage=open_study_storage(self.storage),
+            sampler=base._sampler,
+        )
+        trials = [t for t in study.get_trials(deepcopy=False) if TUNE_TRIAL_ID in t.user_attrs]
+        base._ot_study = study
+        base._ot_trials = {
+            t.user_attrs[TUNE_TRIAL_ID]: optuna.Trial(study, t._trial_id) for t in trials
+        }
+        base._completed_trials = {
+            t.user_attrs[TUNE_TRIAL_ID] for t in trials if t.state.is_finished()
+        }
 
     def reconcile(self, trials: dict[str, dict]) -> None:
         import optuna
@@ -132,6 +205,7 @@ class ResumableSearch(SearchGenerator):
             params = {k.replace(".", "/"): v for k, v in flatten_fields(trial["config"]).items()}
             base._ot_study.enqueue_trial(params, skip_if_exists=False)
             base._ot_trials[trial_id] = base._ot_study.ask(fixed_distributions=base._space)
+            base._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
             if trial["status"] == "TERMINATED":
                 base.on_trial_complete(trial_id, result=trial["last_result"] or None)
             elif trial["status"] == "ERROR":

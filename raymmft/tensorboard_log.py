@@ -65,6 +65,21 @@ METRIC_TAGS: tuple[str, ...] = (
     "eval/score",
     "train/loss",
 )
+# What TensorBoard's custom-scalars page (http://localhost:6006/#custom_scalars) shows: the
+# search's two objectives and its scalar score, every run (the zero-shot baseline included) on
+# one chart each. The per-score and per-set cards stay in the scalars dashboard.
+OBJECTIVES_LAYOUT = {
+    "objectives": {
+        "OoD AUROC (mean over the OoD val sets)": ["Multiline", [r"^eval/ood_auroc$"]],
+        "ID accuracy": ["Multiline", [r"^eval/id_acc$"]],
+        "score = ood_auroc + w * id_acc": ["Multiline", [r"^eval/score$"]],
+    },
+    "the method": {
+        "FPR95": ["Multiline", [r"^eval/ood_fpr95$"]],
+        "modality gap": ["Multiline", [r"^eval/modality_gap$"]],
+        "training loss": ["Multiline", [r"^train/loss$"]],
+    },
+}
 # Always in the HParams entry when the config has them (the method's three knobs).
 CORE_HPARAMS: tuple[str, ...] = ("train.lam", "model.temperature", "train.lr")
 LAM_KEY = "train.lam"
@@ -112,7 +127,7 @@ class TrialWriter:
     def __init__(
         self,
         destination: str | Location,
-        hparams: Mapping[str, Any],
+        hparams: Mapping[str, Any] | None,
         *,
         ood_sets: Sequence[str] = (),
         staging_dir: str | None = None,
@@ -121,8 +136,8 @@ class TrialWriter:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         self.destination = Location.parse(destination)
-        self.hparams = {k: _hparam_value(v) for k, v in hparams.items()}
-        lam = hparams.get(LAM_KEY)
+        self.hparams = {k: _hparam_value(v) for k, v in (hparams or {}).items()}
+        lam = (hparams or {}).get(LAM_KEY)
         self._lam = float(lam) if _is_number(lam) else None
         self._own_staging = staging_dir is None
         self.staging_dir = staging_dir or tempfile.mkdtemp(prefix="raymmft-tb-")
@@ -131,14 +146,17 @@ class TrialWriter:
         self._last_step = 0
         self._closed = False
 
-        metric_tags = list(METRIC_TAGS)
-        for name in ood_sets:
-            metric_tags += [f"eval/ood_auroc/{name}", f"eval/ood_fpr95/{name}"]
-        experiment, start, self._session_end = hparams_summary(
-            self.hparams, dict.fromkeys(metric_tags, 0.0)
-        )
-        self._writer.file_writer.add_summary(experiment)
-        self._writer.file_writer.add_summary(start)
+        self._writer.add_custom_scalars(OBJECTIVES_LAYOUT)
+        self._session_end = None
+        if hparams is not None:  # the zero-shot baseline's run has no hparams entry
+            metric_tags = list(METRIC_TAGS)
+            for name in ood_sets:
+                metric_tags += [f"eval/ood_auroc/{name}", f"eval/ood_fpr95/{name}"]
+            experiment, start, self._session_end = hparams_summary(
+                self.hparams, dict.fromkeys(metric_tags, 0.0)
+            )
+            self._writer.file_writer.add_summary(experiment)
+            self._writer.file_writer.add_summary(start)
         self.sync()
 
     # ------------------------------------------------------------ logging
@@ -202,7 +220,8 @@ class TrialWriter:
             step = int(step) if _is_number(step) else self._last_step
             if step not in self._eval_steps:
                 self.log_eval(step, final_metrics)
-        self._writer.file_writer.add_summary(self._session_end)
+        if self._session_end is not None:
+            self._writer.file_writer.add_summary(self._session_end)
         self.sync()
         self._writer.close()
         self._closed = True

@@ -66,7 +66,8 @@ def test_report_of_an_experiment_in_the_bucket(s3_env, tmp_path):
     paths = write_report(exp)
     assert paths.trials_parquet == str(exp.join("report", "trials.parquet"))
     keys = s3_env.keys("unit/report-exp/report/")
-    names = ("trials.parquet", "pareto.png", "curves.png", "time.png")
+    names = ("trials.parquet", "pareto.png", "curves.png", "time.png", "importance.png")
+    names += ("best.yaml", "index.html")
     assert set(keys) == {f"unit/report-exp/report/{n}" for n in names}
     png = s3_env.client().get_object(Bucket="raymmft", Key="unit/report-exp/report/pareto.png")
     assert png["Body"].read()[:8] == b"\x89PNG\r\n\x1a\n"

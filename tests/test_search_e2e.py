@@ -2,6 +2,7 @@
 world; every evaluation reports the metrics; Optuna saw every trial; ASHA stops a weak trial; a
 diverging (NaN) trial fails with its reason while the others finish."""
 
+import base64
 import contextlib
 import io
 import json
@@ -148,7 +149,7 @@ def test_nan_trial_failed_with_reason(search):
     import pyarrow.parquet as pq
 
     rows = pq.read_table(exp_dir / "report" / "trials.parquet").to_pylist()
-    reasons = {row["param.train.lr"]: row["stop_reason"] for row in rows}
+    reasons = {row["param.train.lr"]: row["stop_reason"] for row in rows if not row["baseline"]}
     assert reasons == {3.0e-3: "completed", 1.0e-9: "early_stopped", 1.0e4: "error"}
 
 
@@ -189,7 +190,7 @@ def test_the_printed_table_is_the_reports_rows(search):
     table = format_trials(rows)
     assert table in printed
     body = [ln for ln in table.splitlines()[2:] if ln.strip() and not ln.startswith("(")]
-    assert len(body) == 3
+    assert len(body) == 4 and body[0].split()[0] == "zero-shot"  # the baseline, then the trials
     ids = [ln.split()[1] if ln.startswith("*") else ln.split()[0] for ln in body]
     assert ids == [r["trial_id"] for r in sorted_rows(rows)]
     for row in rows:
@@ -197,3 +198,136 @@ def test_the_printed_table_is_the_reports_rows(search):
         assert row["stop_reason"] in line.split()
         if row["stop_reason"] != "error":
             assert f"{row['id_acc']:.4f}" in line.split()
+
+
+# ---------------------------------------------------------------- result review (the report)
+
+
+def test_the_search_mined_once_in_its_preparation_step(search):
+    """The preparation step mined; no trial did (each would print its own 'mined' line)."""
+    printed = SEARCH_OUTPUT[0]
+    assert printed.count("mined ") == 1 and "negative labels from 88 words" in printed
+    assert "preparing the search" in printed
+
+
+def test_zero_shot_row_equals_the_stored_evaluation_and_deltas_follow(search):
+    _, exp_dir = search
+    import pyarrow.parquet as pq
+
+    stored = json.loads((exp_dir / "prepared" / "zero_shot.json").read_text())["metrics"]
+    rows = pq.read_table(exp_dir / "report" / "trials.parquet").to_pylist()
+    (base,) = [r for r in rows if r["baseline"]]
+    assert base["trial_id"] == "zero-shot" and base["stop_reason"] == "baseline"
+    for key in ("id_acc", "ood_auroc", "ood_fpr95", "score", "ood_auroc/far", "mcm/ood_auroc"):
+        assert base[key] == stored[key], key
+    for row in rows:
+        if row["baseline"] or row["stop_reason"] == "error":
+            continue
+        for metric in ("id_acc", "ood_auroc", "ood_fpr95"):
+            assert row[f"delta_{metric}"] == pytest.approx(row[metric] - stored[metric], abs=1e-12)
+        # the printed table carries the same deltas
+        line = next(ln for ln in SEARCH_OUTPUT[0].splitlines() if row["trial_id"] in ln.split())
+        assert f"{row['delta_id_acc']:.4f}" in line.split()
+
+
+def test_the_optuna_journal_holds_the_trials_and_their_last_reports(search):
+    _, exp_dir = search
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(exp_dir / "optuna.journal")))
+    study = optuna.load_study(study_name="e2e", storage=storage)
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    frames, _ = _by_lr(exp_dir)
+    assert len(study.trials) == 3 and len(by_id) == 3
+    for trial in study.trials:
+        if trial.state.name != "COMPLETE":
+            assert trial.params["train/lr"] == 1.0e4 and trial.state.name == "FAIL"
+            continue
+        last = frames[trial.params["train/lr"]].iloc[-1]
+        assert trial.values == [pytest.approx(last["id_acc"]), pytest.approx(last["ood_auroc"])]
+
+
+@pytest.fixture(scope="module")
+def resumed(search):
+    """``--resume`` of the finished search: (exit code, what it printed, Optuna trials after)."""
+    import optuna
+    import ray
+    from optuna.storages.journal import JournalFileBackend
+
+    _, exp_dir = search
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = main(["search", "--resume", str(exp_dir)])
+    finally:
+        ray.shutdown()
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(exp_dir / "optuna.journal")))
+    return (
+        code,
+        printed.getvalue(),
+        len(optuna.load_study(study_name="e2e", storage=storage).trials),
+    )
+
+
+def test_a_resumed_search_mines_nothing_and_adds_no_optuna_trial(resumed):
+    code, printed, optuna_trials = resumed
+    assert code == 0 and "best trial" in printed
+    assert "mined " not in printed and "prepared already" in printed
+    assert optuna_trials == 3
+
+
+def test_best_yaml_is_a_config_with_the_best_trials_values(search):
+    _, exp_dir = search
+    from raymmft.config import load_config
+    from raymmft.results.experiment import read_experiment
+    from raymmft.results.rows import best_row, trial_rows
+
+    cfg = load_config(exp_dir / "report" / "best.yaml")
+    best = best_row(trial_rows(read_experiment(exp_dir)), 0.5)
+    assert cfg.train.lr == best["param.train.lr"] and cfg.train.lam == best["param.train.lam"]
+    assert cfg.storage.name == "e2e-best" and cfg.model.arch == "raymmft-tiny"
+    assert cfg.train.epochs == CONFIG["train"]["epochs"]
+
+
+def test_index_html_holds_the_table_the_images_and_the_best_configuration(search):
+    _, exp_dir = search
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.images, self.text, self._cells = {}, [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "table":
+                self._cells = self.tables.setdefault(attrs.get("id") or f"t{len(self.tables)}", [])
+            elif tag == "img":
+                self.images.append(attrs["src"])
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self._cells = None
+
+        def handle_data(self, data):
+            self.text.append(data)
+            if self._cells is not None and data.strip():
+                self._cells.append(data.strip())
+
+    page = Page()
+    page.feed((exp_dir / "report" / "index.html").read_text())
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(exp_dir / "report" / "trials.parquet").to_pylist()
+    table = page.tables["trial-table"]
+    assert all(r["trial_id"] in table for r in rows)  # every trial and the zero-shot row
+    assert f"{rows[0]['id_acc']:.4f}" in table
+    assert len(page.images) == 4
+    for src in page.images:  # embedded: the page is one file
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    best_yaml = (exp_dir / "report" / "best.yaml").read_text()
+    assert best_yaml.strip() in "".join(page.text)
+    chosen = json.loads((exp_dir / "test_evaluation.json").read_text())
+    assert f"{100 * chosen['id_accuracy']:.2f}" in "".join(page.text)

@@ -8,6 +8,7 @@ import pytest
 from ray import tune
 from ray.train import WorkerGroupError
 
+from raymmft import search
 from raymmft.config import load_config
 from raymmft.errors import ConfigError
 from raymmft.search import (
@@ -19,6 +20,7 @@ from raymmft.search import (
     num_reports,
     optuna_search,
     param_space,
+    study_storage,
 )
 
 DEMO = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
@@ -136,11 +138,19 @@ def _resumable(cfg, total):
     return alg
 
 
-def test_resumed_search_agrees_with_the_trials_tune_restores(tmp_path):
+@pytest.mark.parametrize("storage", ["journal", "memory"])
+def test_resumed_search_agrees_with_the_trials_tune_restores(tmp_path, storage, monkeypatch):
     """A driver killed while its state was uploading: the experiment state knows trial b, the
     searcher's (older) state does not; the searcher's newer state knew c, the experiment state
-    does not. After restore the searcher follows the experiment state."""
-    cfg = load_config(DEMO, ["search.sampler=random", "search.objectives=[{metric: id_acc}]"])
+    does not. After restore the searcher follows the experiment state, with the study in
+    <experiment>/optuna.journal (which never lags) or only in Tune's pickled state."""
+    if storage == "memory":  # object storage: no journal
+        monkeypatch.setattr(search, "study_storage", lambda cfg: None)
+    cfg = load_config(
+        DEMO,
+        ["search.sampler=random", "search.objectives=[{metric: id_acc}]"],
+        fields={"storage.path": str(tmp_path / "results")},
+    )
     alg = _resumable(cfg, 3)
     limiter = alg.searcher
     a = limiter.suggest("a")
@@ -173,3 +183,13 @@ def test_resumed_search_agrees_with_the_trials_tune_restores(tmp_path):
     states = {t.number: t.state.name for t in again.searcher.searcher._ot_study.trials}
     assert again._counter == 2 and list(states.values()).count("FAIL") == 1
     assert "c" not in again.searcher.live_trials
+    if storage == "journal":  # the study in the experiment: every trial once, tagged with its id
+        import optuna
+
+        from raymmft.search import open_study_storage
+
+        stored = optuna.load_study(
+            study_name="demo", storage=open_study_storage(study_storage(cfg))
+        )
+        tags = sorted(t.user_attrs["tune_trial_id"] for t in stored.trials)
+        assert tags == ["a", "b", "c"]

@@ -13,7 +13,8 @@ An experiment directory (a local path or any ``raymmft.storage`` URI) holds:
 - ``tensorboard/<trial_id>``: each trial's TensorBoard events; ``report/``: the report;
 - ``prepared/negatives.pt`` and ``prepared/zero_shot.json``: the preparation step's NegLabel
   negatives and the zero-shot starting model's evaluation (``raymmft.prepare``);
-- ``test_evaluation.json``: the chosen configuration's evaluation on the OoD test sets.
+- ``test_evaluation.json``: the chosen configuration's evaluation on the OoD test sets;
+- ``optuna.journal``: the Optuna study (local or shared storage; ``optuna-dashboard`` reads it).
 
 Partial results are fine: a result line cut short by a trial writing it right now is skipped, and
 a state file being written falls back to inference. The report, the search's summary and
@@ -26,16 +27,19 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from raymmft.config import EXPERIMENT_CONFIG_FILE
 from raymmft.errors import RaymmftError, StorageError
 from raymmft.storage import Location
 
-CONFIG_FILE = "raymmft_config.json"
+CONFIG_FILE = EXPERIMENT_CONFIG_FILE
 TUNER_FILE = "tuner.pkl"
 TRAIN_RUNS_DIR = "train_runs"
 TENSORBOARD_DIR = "tensorboard"
 REPORT_DIR = "report"
 # the chosen configuration on the OoD test sets, written at the end of a search
 TEST_EVALUATION_FILE = "test_evaluation.json"
+# the search's Optuna study on local or shared storage (raymmft.search)
+OPTUNA_JOURNAL = "optuna.journal"
 # what a search's preparation step stores (raymmft.prepare)
 PREPARED_DIR = "prepared"
 NEGATIVES_FILE = "negatives.pt"

@@ -26,12 +26,15 @@ def _short_params(row: dict, limit: int = 3) -> str:
 
 def plot_pareto(rows: list[dict], best: dict | None, title: str):
     """Every trial in (ID accuracy, OoD AUROC), the front highlighted with its attainment
-    boundary, the best annotated; hollow markers for trials not finished (running, errored).
-    Returns a matplotlib ``Figure`` (no pyplot: no global state, any backend)."""
+    boundary, the best annotated; hollow markers for trials not finished (running, errored); the
+    zero-shot starting model as a labelled black cross. Returns a matplotlib ``Figure`` (no
+    pyplot: no global state, any backend)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 5.5), dpi=110)
     ax = fig.subplots()
+    base = next((r for r in rows if r.get("baseline")), None)
+    rows = [r for r in rows if not r.get("baseline")]
     valid = [r for r in rows if not (math.isnan(r["id_acc"]) or math.isnan(r["ood_auroc"]))]
     front = sorted((r for r in valid if r.get("pareto")), key=lambda r: r["id_acc"])
     done = [r for r in valid if not r.get("pareto") and r["stop_reason"] in FINISHED]
@@ -63,8 +66,16 @@ def plot_pareto(rows: list[dict], best: dict | None, title: str):
         )
     if best is not None:
         ax.scatter(*xy([best]), s=260, marker="*", c="#ffbf00", edgecolors="black", zorder=5)
+    if base is not None:
+        ax.scatter(
+            *xy([base]), s=120, marker="X", c="black", label="zero-shot (starting model)", zorder=5
+        )
+        point = (base["id_acc"], base["ood_auroc"])
+        ax.annotate("zero-shot", point, xytext=(8, -12), textcoords="offset points", fontsize=8)
     if not valid:
         ax.text(0.5, 0.5, "no trial has reported yet", ha="center", transform=ax.transAxes)
+    if base is not None:
+        valid = [*valid, base]  # a legend and margins that include it
     ax.set_xlabel("ID accuracy (last report)")
     ax.set_ylabel("OoD AUROC (last report, mean over OoD val sets)")
     ax.set_title(title, fontsize=10)
@@ -98,6 +109,8 @@ def plot_curves(exp: Experiment, rows: list[dict], top: int):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    base = next((r for r in rows if r.get("baseline")), None)
+    rows = [r for r in rows if not r.get("baseline")]
     ranked = sorted((r for r in rows if not math.isnan(r["score"])), key=lambda r: -r["score"])[
         :top
     ]
@@ -118,6 +131,8 @@ def plot_curves(exp: Experiment, rows: list[dict], top: int):
                 xs, ys = zip(*points)
                 mark = " *" if row.get("pareto") else ""
                 ax.plot(xs, ys, "o-", label=f"{row['trial_id']}{mark} ({_short_params(row)})")
+        if base is not None and not math.isnan(base[metric]):
+            ax.axhline(base[metric], ls="--", lw=1.2, c="black", label="zero-shot (starting model)")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
@@ -147,7 +162,7 @@ def plot_time(rows: list[dict]):
 
     from raymmft.results.rows import TIME_PARTS, sorted_rows
 
-    timed = [r for r in sorted_rows(rows) if not math.isnan(r.get("time_train_s", math.nan))]
+    timed = [r for r in sorted_rows(rows) if not math.isnan(to_float(r.get("time_train_s")))]
     fig = Figure(figsize=(9, 0.9 + 0.32 * max(len(timed), 3)), dpi=110)
     ax = fig.subplots()
     labels = [r["trial_id"] for r in timed]

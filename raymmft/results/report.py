@@ -1,18 +1,53 @@
-"""The report of a search, finished, running or interrupted: ``trials.parquet``, the trial table
-with the Pareto front of (ID accuracy, OoD AUROC), ``pareto.png`` and ``curves.png``, written into
-``<experiment>/report`` (or anywhere else) on any storage, with the TensorBoard command to view
-the experiment."""
+"""The report of a search, finished, running or interrupted, written into ``<experiment>/report``
+(or anywhere else) on any storage:
+
+- ``trials.parquet``: one row per trial, and the zero-shot baseline's;
+- ``pareto.png``, ``curves.png``, ``time.png``, ``importance.png``;
+- ``best.yaml``: the whole config with the best trial's values and no search space
+  (``raymmft train report/best.yaml`` re-runs the chosen configuration);
+- ``index.html``: one self-contained page (the images inside) with all of it and the chosen
+  configuration's test-set results, to open or send. Rendered with Jinja2 (autoescaping, a
+  template file instead of HTML pieced together in code).
+
+It needs no Ray, no torch and no cluster, and it reads partial results.
+"""
 
 from __future__ import annotations
 
+import base64
+import copy
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qsl
 
-from raymmft.results.experiment import REPORT_DIR, TENSORBOARD_DIR, Experiment, read_experiment
+import yaml
+
+from raymmft.results.experiment import (
+    OPTUNA_JOURNAL,
+    REPORT_DIR,
+    TENSORBOARD_DIR,
+    TEST_EVALUATION_FILE,
+    Experiment,
+    read_experiment,
+    read_json,
+)
+from raymmft.results.importance import Importance, plot_importance, search_importance
 from raymmft.results.plots import plot_curves, plot_pareto, plot_time, png
-from raymmft.results.rows import best_row, config_value, format_trials, rows_table, trial_rows
+from raymmft.results.rows import (
+    best_row,
+    config_value,
+    format_trials,
+    rows_table,
+    searched_params,
+    sorted_rows,
+    trial_rows,
+    trials_only,
+)
 from raymmft.storage import Location
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "assets" / "templates" / "report.html"
 
 
 @dataclass(frozen=True)
@@ -24,19 +59,24 @@ class ReportPaths:
     pareto_png: str
     curves_png: str
     time_png: str
+    importance_png: str
+    index_html: str
+    best_yaml: str | None
     tensorboard_command: str
     table: str
     num_trials: int
     best_trial: str | None = None
     notes: tuple[str, ...] = ()
 
+    importance: tuple[str, ...] = ()
+
     def describe(self) -> str:
+        files = [self.index_html, self.trials_parquet, self.pareto_png, self.curves_png]
+        files += [self.time_png, self.importance_png] + ([self.best_yaml] if self.best_yaml else [])
         lines = [
+            *self.importance,
             f"report of {self.num_trials} trial(s) in {self.out_dir}:",
-            f"  {self.trials_parquet}",
-            f"  {self.pareto_png}",
-            f"  {self.curves_png}",
-            f"  {self.time_png}",
+            *(f"  {f}" for f in files),
             f"TensorBoard: {self.tensorboard_command}",
             *self.notes,
         ]
@@ -46,34 +86,152 @@ class ReportPaths:
 def write_report(
     experiment: str | Location, out_dir: str | Location | None = None, *, top: int = 5
 ) -> ReportPaths:
-    """Read the experiment, write ``trials.parquet``, ``pareto.png``, ``curves.png`` into
-    ``out_dir`` (default ``<experiment>/report``; local or URI) and return their locations."""
+    """Read the experiment and write the report (module docstring) into ``out_dir`` (default
+    ``<experiment>/report``; local or URI); return what it wrote."""
     import pyarrow.parquet as pq
 
     exp = read_experiment(experiment)
     rows = trial_rows(exp)
-    best = best_row(rows, float(config_value(exp.base_config, "search.score_weight")))
+    weight = float(config_value(exp.base_config, "search.score_weight"))
+    best = best_row(rows, weight)
+    importance = search_importance(rows, exp.base_config)
 
     out = exp.location.join(REPORT_DIR) if out_dir is None else Location.parse(out_dir)
     out.mkdir()
-    names = ("trials.parquet", "pareto.png", "curves.png", "time.png")
-    parquet, pareto, curves, times = (out.join(n) for n in names)
+    names = ("trials.parquet", "pareto.png", "curves.png", "time.png", "importance.png")
+    parquet, pareto, curves, times, importance_png = (out.join(n) for n in names)
     pq.write_table(rows_table(rows), parquet.fs_path, filesystem=parquet.filesystem)
-    title = f"{exp.name}: {len(rows)} trials, Pareto front of (ID accuracy, OoD AUROC)"
-    pareto.write_bytes(png(plot_pareto(rows, best, title)))
-    curves.write_bytes(png(plot_curves(exp, rows, top)))
-    times.write_bytes(png(plot_time(rows)))
+    title = f"{exp.name}: {len(trials_only(rows))} trials, Pareto front of (ID accuracy, OoD AUROC)"
+    images = {
+        "pareto": png(plot_pareto(rows, best, title)),
+        "curves": png(plot_curves(exp, rows, top)),
+        "time": png(plot_time(rows)),
+        "importance": png(plot_importance(importance)),
+    }
+    for location, key in ((pareto, "pareto"), (curves, "curves"), (times, "time")):
+        location.write_bytes(images[key])
+    importance_png.write_bytes(images["importance"])
+    best_yaml = None
+    if best is not None:
+        best_yaml = out.join("best.yaml").write_text(best_config_yaml(exp, best))
+    notes = _notes(exp, rows) + _hparams_note(exp)
+    page = render_page(exp, rows, best, importance, images, notes, weight)
+    index = out.join("index.html").write_text(page)
     return ReportPaths(
         out_dir=str(out),
         trials_parquet=str(parquet),
         pareto_png=str(pareto),
         curves_png=str(curves),
         time_png=str(times),
+        importance_png=str(importance_png),
+        index_html=str(index),
+        best_yaml=str(best_yaml) if best_yaml is not None else None,
         tensorboard_command=tensorboard_command(exp.location),
         table=format_trials(rows),
-        num_trials=len(rows),
+        num_trials=len(trials_only(rows)),
         best_trial=best["trial_id"] if best else None,
-        notes=_notes(rows) + _hparams_note(exp),
+        notes=notes,
+        importance=tuple(importance.lines()),
+    )
+
+
+def best_config(exp: Experiment, best: dict) -> dict:
+    """The search's whole config with the best trial's values set and no search space; it runs
+    as a new experiment (``<name>-best``) beside the search."""
+    from raymmft.config import set_path
+
+    raw = copy.deepcopy(exp.base_config)
+    raw.pop("search", None)
+    for key, value in searched_params(best).items():
+        set_path(raw, key, value)
+    raw.setdefault("storage", {})["name"] = f"{exp.name}-best"
+    return raw
+
+
+def best_config_yaml(exp: Experiment, best: dict) -> str:
+    head = (
+        f"# The chosen configuration of the search {exp.name}: trial {best['trial_id']} (Pareto "
+        f"front, highest score).\n# Re-run it with: raymmft train best.yaml\n"
+    )
+    return head + yaml.safe_dump(best_config(exp, best), sort_keys=False)
+
+
+def _num(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.4g}" if abs(value) < 1e-3 and value else f"{value:.4f}"
+    return str(value)
+
+
+def _delta(value) -> str:
+    return "" if not isinstance(value, float) or math.isnan(value) else f"{value:+.4f}"
+
+
+def _sign(value, lower_better: bool = False) -> str:
+    if not isinstance(value, float) or math.isnan(value) or value == 0:
+        return ""
+    return "up" if (value > 0) != lower_better else "down"
+
+
+def _secs(value) -> str:
+    return "" if not isinstance(value, float) or math.isnan(value) else f"{value:.0f}"
+
+
+def _pct(value) -> str:
+    return "" if not isinstance(value, (int, float)) or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def render_page(
+    exp: Experiment,
+    rows: list[dict],
+    best: dict | None,
+    importance: Importance,
+    images: dict[str, bytes],
+    notes: tuple[str, ...],
+    score_weight: float,
+) -> str:
+    """``index.html``: the whole report on one page, the PNGs embedded as data URIs."""
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(num=_num, delta=_delta, sign=_sign, secs=_secs, pct=_pct)
+    template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
+    trials = trials_only(rows)
+    timed = [
+        r
+        for r in trials
+        if isinstance(r.get("time_train_s"), float) and not math.isnan(r["time_train_s"])
+    ]
+    total = sum(r["time_total_s"] for r in timed if not math.isnan(r["time_total_s"]))
+    test = read_json(exp.location.join(TEST_EVALUATION_FILE)) or None
+    journal = exp.location.join(OPTUNA_JOURNAL)
+    fields = list(next(iter(importance.values.values()), {}))
+    return template.render(
+        name=exp.name,
+        location=str(exp.location),
+        trials=trials,
+        baseline=any(r.get("baseline") for r in rows),
+        rows=sorted_rows(rows),
+        params=sorted(
+            {k.removeprefix("param.") for r in rows for k in r if k.startswith("param.")}
+        ),
+        best_id=best["trial_id"] if best else None,
+        best_params=searched_params(best) if best else {},
+        best_yaml=best_config_yaml(exp, best) if best else "",
+        test=test,
+        importance=importance,
+        importance_fields=fields,
+        images={k: base64.b64encode(v).decode("ascii") for k, v in images.items()},
+        time_share=sum(r["time_train_s"] for r in timed) / total if total else None,
+        notes=notes,
+        score_weight=score_weight,
+        tensorboard=tensorboard_command(exp.location),
+        optuna_dashboard=f"optuna-dashboard {journal.path}"
+        if journal.is_local and journal.is_file()
+        else None,
     )
 
 
@@ -100,8 +258,18 @@ def tensorboard_command(logdir: str | Location) -> str:
     return f"{env}tensorboard --logdir {bare}"
 
 
-def _notes(rows: list[dict]) -> tuple[str, ...]:
+def tensorboard_objectives_url(port: int = 6006) -> str:
+    """The page TensorBoard opens on the objectives (the custom-scalars layout every trial writes)."""
+    return f"http://localhost:{port}/#custom_scalars"
+
+
+def _notes(exp: Experiment, rows: list[dict]) -> tuple[str, ...]:
     notes = []
+    if not any(r.get("baseline") for r in rows):
+        notes.append(
+            "no zero-shot baseline: this experiment stored none (made before searches were "
+            "prepared, or prepared per trial); none is computed by the report"
+        )
     unfinished = [r["trial_id"] for r in rows if r["stop_reason"] in ("running", "pending")]
     if unfinished:
         notes.append(

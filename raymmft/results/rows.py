@@ -15,6 +15,9 @@ from raymmft.results.experiment import Experiment
 from raymmft.results.pareto import pareto_front
 
 OBJECTIVES = ("id_acc", "ood_auroc")
+# each trial's change against the zero-shot starting model
+DELTAS = ("id_acc", "ood_auroc", "ood_fpr95")
+BASELINE_ID = "zero-shot"
 FINISHED = ("completed", "early_stopped")
 # Tune's bookkeeping in each result line: not a metric of the trial.
 TUNE_KEYS = frozenset(
@@ -90,8 +93,13 @@ def trial_rows(exp: Experiment) -> list[dict]:
     last report), ``max_epochs``, ``reports``, ``stop_reason``; the last report's objectives and
     every other metric under its reported name; ``best_<metric>``, ``best_epoch`` (of the best
     ``score``), ``time_total_s``, ``num_failures``, ``checkpoint_path``, ``path``, ``error``; and
-    ``time_<part>_s`` for the parts of ``TIME_PARTS`` (summed over the reports) and ``pareto`` (on
-    the front of ``OBJECTIVES``)."""
+    ``time_<part>_s`` for the parts of ``TIME_PARTS`` (summed over the reports), ``pareto`` (on
+    the front of ``OBJECTIVES``), ``baseline`` (False) and ``delta_<metric>`` against the zero-shot
+    baseline for ``DELTAS``.
+
+    When the experiment stored its zero-shot evaluation, the first row is that baseline:
+    ``trial_id == "zero-shot"``, ``baseline`` True, ``stop_reason`` ``baseline``, its metrics as
+    the trials report theirs, never on the front."""
     rows = []
     for t in exp.trials:
         last = t.results[-1] if t.results else {}
@@ -127,13 +135,50 @@ def trial_rows(exp: Experiment) -> list[dict]:
         row["checkpoint_path"] = checkpoint.uri if checkpoint is not None else None
         row["path"] = t.path.uri if t.path is not None else None
         row["error"] = t.error
+        row["baseline"] = False
         rows.append(row)
     mark_front(rows)
-    return rows
+    base = baseline_row(exp)
+    for row in rows:
+        for metric in DELTAS:
+            reference = base[metric] if base is not None else math.nan
+            row[f"delta_{metric}"] = row[metric] - reference
+    return ([base] if base is not None else []) + rows
+
+
+def baseline_row(exp: Experiment) -> dict | None:
+    """The zero-shot starting model as a row (``None`` when the experiment has no stored one)."""
+    stored = exp.zero_shot()
+    if stored is None or not isinstance(stored.get("metrics"), dict):
+        return None
+    metrics = stored["metrics"]
+    row: dict[str, Any] = {
+        "trial_id": BASELINE_ID,
+        "status": "BASELINE",
+        "epochs": 0,
+        "reports": 0,
+        "stop_reason": "baseline",
+        "pareto": False,
+        "baseline": True,
+    }
+    for key in ("id_acc", "ood_auroc", "ood_fpr95", "modality_gap", "score"):
+        row[key] = to_float(metrics.get(key))
+    row.update({k: v for k, v in metrics.items() if k not in row and _is_number(v)})
+    for metric in DELTAS:
+        row[f"delta_{metric}"] = 0.0
+    return row
+
+
+def trials_only(rows: list[dict]) -> list[dict]:
+    """The rows without the zero-shot baseline."""
+    return [r for r in rows if not r.get("baseline")]
 
 
 def mark_front(rows: list[dict]) -> list[int]:
-    front = pareto_front([[r[k] for k in OBJECTIVES] for r in rows])
+    """Mark the trials on the Pareto front of ``OBJECTIVES`` (the baseline is never on it)."""
+    front = pareto_front(
+        [[math.nan if r.get("baseline") else r[k] for k in OBJECTIVES] for r in rows]
+    )
     for i, r in enumerate(rows):
         r["pareto"] = i in front
     return front
@@ -180,20 +225,28 @@ def _nan_low(v: float) -> float:
 
 
 def sorted_rows(rows: list[dict]) -> list[dict]:
-    """Best ``score`` first; trials without one last."""
-    return sorted(rows, key=lambda r: -_nan_low(r["score"]))
+    """The baseline first, then best ``score`` first; trials without one last."""
+    return sorted(rows, key=lambda r: (not r.get("baseline"), -_nan_low(r["score"])))
+
+
+TABLE_COLUMNS = ("id_acc", "delta_id_acc", "ood_auroc", "delta_ood_auroc", "ood_fpr95")
+TABLE_COLUMNS += ("delta_ood_fpr95", "modality_gap")
 
 
 def format_trials(rows: list[dict]) -> str:
-    """The trial table: score descending, the Pareto front marked ``*``."""
+    """The trial table: the zero-shot baseline first, then score descending, the Pareto front
+    marked ``*``, each trial's change against the baseline (``delta_*``)."""
     if not rows:
         return "(no trials yet)"
     params = sorted({k for r in rows for k in r if k.startswith("param.")})
     ordered = sorted_rows(rows)
     marks = {i: "*" for i, r in enumerate(ordered) if r.get("pareto")}
-    cols = ["trial_id", "status", "stop_reason", *params, "epochs", *OBJECTIVES, "ood_fpr95"]
-    cols += ["modality_gap"]
-    return format_table(ordered, cols, marks=marks) + "\n(* = Pareto front of id_acc, ood_auroc)"
+    has_base = any(r.get("baseline") for r in rows)
+    cols = ["trial_id", "status", "stop_reason", *params, "epochs"]
+    cols += [c for c in TABLE_COLUMNS if has_base or not c.startswith("delta_")]
+    legend = "(* = Pareto front of id_acc, ood_auroc"
+    legend += "; delta_* = change against the zero-shot starting model)" if has_base else ")"
+    return format_table(ordered, cols, marks=marks) + "\n" + legend
 
 
 # ---------------------------------------------------------------- parquet

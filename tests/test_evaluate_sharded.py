@@ -1,0 +1,135 @@
+"""Evaluation on every worker: two gloo workers, each encoding its own batches of every set, give
+the metrics of one worker, also when a set's size is not a multiple of the workers or the batch
+size; re-mining at each evaluation is split over the word list the same way."""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from raymmft.config import EvalConfig
+from raymmft.data import open_dataset
+from raymmft.evaluation import Evaluator
+from raymmft.model import build_model
+from raymmft.ood.corpus import corpus_from_words
+
+CLASSES = ["red circle", "blue square", "green star", "pink triangle"]
+SETTINGS = {
+    "scores": ["neglabel", "mcm", "energy"],
+    "batch_size": 4,  # 23 ID images: 6 batches, 3 + 3; 9 far images: 3 batches, 1 + 2
+    "neglabel": {"keep_fraction": 0.5, "ngroups": 2},
+}
+WORDS = [f"word{i}" for i in range(37)]
+# two gloo processes each: ~10 s apiece on two cores
+pytestmark = pytest.mark.slow
+
+
+def _evaluate(rank: int, world_size: int, remine: bool) -> dict:
+    torch.manual_seed(0)
+    bundle = build_model("raymmft-tiny")
+    spec = {"uri": "builtin:shapes", "split": "test"}
+    id_set = open_dataset({**spec, "classes": CLASSES, "num_samples": 23}, bundle.preprocess_eval)
+    ood = {
+        "far": open_dataset(
+            {**spec, "classes": "far_ood", "num_samples": 9}, bundle.preprocess_eval
+        ),
+        "near": open_dataset(
+            {**spec, "classes": ["black star", "blue circle"], "num_samples": 5},
+            bundle.preprocess_eval,
+        ),
+    }
+    neglabel = {**SETTINGS["neglabel"], "remine_each_eval": remine}
+    evaluator = Evaluator(
+        EvalConfig(**{**SETTINGS, "neglabel": neglabel}),
+        bundle,
+        CLASSES,
+        id_set,
+        ood,
+        rank=rank,
+        world_size=world_size,
+        corpus=corpus_from_words(WORDS),
+        out=None,
+    )
+    encoded = []
+    original = bundle.model.encode_image
+    bundle.model.encode_image = lambda x, *a, **k: encoded.append(len(x)) or original(x, *a, **k)
+    result = evaluator.evaluate(bundle.model)
+    return {
+        "images_encoded": sum(encoded),
+        "per_set": result.per_set,
+        "id_accuracy": result.id_accuracy,
+        "modality_gap": result.modality_gap,
+        "num_id": result.num_id,
+        "num_ood": result.num_ood,
+        "num_negatives": result.num_negatives,
+        "id_scores": {k: v.tolist() for k, v in result.id_scores.items()},
+    }
+
+
+def _worker(rank, port, out_dir, remine):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.save(_evaluate(rank, 2, remine), os.path.join(out_dir, f"rank{rank}.pt"))
+        gc.collect()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_workers(tmp_path, remine: bool) -> list[dict]:
+    mp.start_processes(
+        _worker, args=(_port(), str(tmp_path), remine), nprocs=2, start_method="spawn"
+    )
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def _assert_same(one: dict, two: dict) -> None:
+    assert (
+        (two["num_id"], two["num_ood"])
+        == (one["num_id"], one["num_ood"])
+        == (23, {"far": 9, "near": 5})
+    )
+    assert two["num_negatives"] == one["num_negatives"]
+    assert two["id_accuracy"] == one["id_accuracy"]
+    assert abs(two["modality_gap"] - one["modality_gap"]) < 1e-9
+    for score, values in one["id_scores"].items():
+        np.testing.assert_allclose(two["id_scores"][score], values, rtol=0, atol=1e-6)
+    for name, by_score in one["per_set"].items():
+        for score, metrics in by_score.items():
+            for metric, value in metrics.items():
+                assert abs(two["per_set"][name][score][metric] - value) <= 1e-6, (
+                    name,
+                    score,
+                    metric,
+                )
+
+
+def test_two_workers_evaluate_like_one(tmp_path):
+    one = _evaluate(0, 1, remine=False)
+    ranks = _two_workers(tmp_path, remine=False)
+    for two in ranks:  # every rank gets the whole evaluation
+        _assert_same(one, two)
+    # each image encoded once, by one rank: ID 12 + 11, far 4 + 5, near 4 + 1
+    assert one["images_encoded"] == 37
+    assert [r["images_encoded"] for r in ranks] == [20, 17]
+
+
+def test_remining_split_over_two_workers_mines_like_one(tmp_path):
+    one = _evaluate(0, 1, remine=True)
+    assert one["num_negatives"] == 18
+    for two in _two_workers(tmp_path, remine=True):
+        _assert_same(one, two)

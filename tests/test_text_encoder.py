@@ -1,0 +1,102 @@
+"""Text at its real length: the same features and the same gradients as ``model.encode_text`` at
+the full context, for the real ViT-B-16 architecture (random init) and the built-in ones; a tower
+where cutting the context is not exact falls back to ``encode_text``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raymmft.model import build_model
+from raymmft.ood.embed import TextEncoder
+from raymmft.text_encoder import TrainingForward, encode_text, token_lengths, trims_exactly
+
+PROMPTS = [
+    "a photo of a cat.",
+    "This is a shiny photo.",
+    "a photo of a big wheeled vehicle.",
+    "a photo of a x.",
+]
+
+
+@pytest.fixture(
+    scope="module", params=["ViT-B-16", "raymmft-tiny", "raymmft-small", "raymmft-world"]
+)
+def bundle(request):
+    torch.manual_seed(0)
+    return build_model(request.param)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_real_length_features_equal_encode_text(bundle):
+    model = bundle.model.eval()
+    tokens = bundle.tokenizer(PROMPTS)
+    assert trims_exactly(model)
+    lengths = token_lengths(model, tokens)
+    assert int(lengths.max()) < tokens.shape[1]  # there is padding to cut
+    with torch.no_grad():
+        full = model.encode_text(tokens)
+        cut = encode_text(model, tokens)
+        shortest = encode_text(model, tokens[:1])  # its own length: 7 or so tokens
+    assert cut.shape == full.shape
+    assert _rel(cut, full) < 1e-5
+    assert _rel(shortest, full[:1]) < 1e-5
+
+
+def test_real_length_gradients_equal_encode_text(bundle):
+    """A training step's gradients through the cut context equal the full context's."""
+    model = bundle.model
+    prompts = PROMPTS[1:3]  # two lengths
+    tokens = bundle.tokenizer(prompts)
+    torch.manual_seed(1)
+    images = torch.randn(len(prompts), 3, bundle.image_size, bundle.image_size)
+    weights = torch.randn(len(prompts), model.text_projection.shape[-1])
+
+    def grads(forward):
+        model.zero_grad(set_to_none=True)
+        image, text, scale = forward()
+        (scale * (image * text).sum() + (text * weights).sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    full = grads(lambda: model(images, tokens))  # open_clip's forward: the full 77 tokens
+    cut = grads(lambda: TrainingForward(model)(images, tokens))
+    assert set(cut) == set(full)
+    worst = max(_rel(cut[n], full[n]) for n in full if full[n].abs().max() > 0)
+    assert worst < 1e-4, worst
+    model.zero_grad(set_to_none=True)
+
+
+def test_text_encoder_batches_by_length_and_keeps_the_order(bundle):
+    encoder = TextEncoder(bundle.model, bundle.tokenizer, batch_size=2)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(
+            bundle.model.eval().encode_text(bundle.tokenizer(PROMPTS)), dim=-1
+        )
+    assert _rel(encoder(PROMPTS), expected) < 1e-5
+    assert encoder([]).shape == (0, expected.shape[1])
+
+
+def test_a_tower_that_cannot_be_cut_falls_back():
+    torch.manual_seed(0)
+    model = build_model("raymmft-tiny").model.eval()
+    tokens = build_model("raymmft-tiny").tokenizer(PROMPTS)
+    model.text_pool_type = "last"  # pooling at the last position reads the padding
+    assert not trims_exactly(model)
+    calls = []
+    original = model.encode_text
+    model.encode_text = lambda t, *a, **k: calls.append(t.shape) or original(t, *a, **k)
+    try:
+        with torch.no_grad():
+            out = encode_text(model, tokens)
+    finally:
+        del model.encode_text
+    assert calls == [tokens.shape]  # the whole context, once
+    with torch.no_grad():
+        assert torch.equal(out, model.encode_text(tokens))
+    model.text_pool_type = "argmax"
+    model.attn_mask = None  # no causal mask: later tokens reach earlier ones
+    assert not trims_exactly(model)
