@@ -14,6 +14,7 @@ import math
 import os
 import shlex
 import time
+import warnings
 from typing import Any
 
 import ray
@@ -82,7 +83,18 @@ TUNE_TRIAL_ID = "tune_trial_id"  # the user attribute that ties an Optuna trial 
 
 class TaggedOptunaSearch(OptunaSearch):
     """Tune's ``OptunaSearch`` that writes each Tune trial's id into its Optuna trial (a user
-    attribute), so a study kept in a storage maps back onto Tune's trials on ``--resume``."""
+    attribute), so a study kept in a storage maps back onto Tune's trials on ``--resume``, and
+    names the study's objectives after the metrics (as optuna-dashboard shows them)."""
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        import optuna
+
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        with warnings.catch_warnings():  # metric names are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if self._ot_study.metric_names is None:
+                self._ot_study.set_metric_names(list(metrics))
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)

@@ -163,7 +163,7 @@ def plot_time(rows: list[dict]):
     from raymmft.results.rows import TIME_PARTS, sorted_rows
 
     timed = [r for r in sorted_rows(rows) if not math.isnan(to_float(r.get("time_train_s")))]
-    fig = Figure(figsize=(9, 0.9 + 0.32 * max(len(timed), 3)), dpi=110)
+    fig = Figure(figsize=(9, 1.5 + 0.32 * max(len(timed), 3)), dpi=110)
     ax = fig.subplots()
     labels = [r["trial_id"] for r in timed]
     left = [0.0] * len(timed)
@@ -184,7 +184,7 @@ def plot_time(rows: list[dict]):
         ax.set_title(
             f"where the trials' time went (training steps: {100 * share:.0f} %)", fontsize=10
         )
-        ax.legend(loc="lower right", fontsize=8, ncols=5)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncols=5)
         ax.invert_yaxis()
     else:
         ax.text(0.5, 0.5, "no trial has reported its time yet", ha="center", transform=ax.transAxes)

@@ -78,6 +78,7 @@ class ReportPaths:
             f"report of {self.num_trials} trial(s) in {self.out_dir}:",
             *(f"  {f}" for f in files),
             f"TensorBoard: {self.tensorboard_command}",
+            f"  the objectives of every trial: {tensorboard_objectives_url()}",
             *self.notes,
         ]
         return "\n".join(lines)
@@ -229,6 +230,7 @@ def render_page(
         notes=notes,
         score_weight=score_weight,
         tensorboard=tensorboard_command(exp.location),
+        objectives_url=tensorboard_objectives_url(),
         optuna_dashboard=f"optuna-dashboard {journal.path}"
         if journal.is_local and journal.is_file()
         else None,

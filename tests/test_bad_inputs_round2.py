@@ -1,0 +1,443 @@
+"""Bad input, round two: one test per root cause, through the real CLI, with the exact one-line
+message and exit status 2 (a failed run: 1), and nothing written or run before the error.
+
+1. resume loads Tune's pickled state: only a started experiment that only you can write;
+2. weights that fail to load, whatever the way;
+3. numbers that are not finite or outside their range; --set on a searched field;
+4. search-space values checked up front against their field;
+5. resources that can never be granted; an unreachable cluster;
+6. paths checked where they enter, before the work;
+7. other silent acceptances: an empty --name, a non-empty parquet output folder, a duplicated
+   class name."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from raymmft.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    "model": {"arch": "raymmft-tiny", "temperature": 0.05},
+    "data": {
+        "id_train": "builtin:shapes?split=train&classes=id&per_class=2",
+        "id_val": "builtin:shapes?split=val&classes=id&per_class=1",
+        "ood_val": ["builtin:shapes?split=val&classes=far_ood&per_class=4&name=far"],
+    },
+    "train": {"epochs": 1, "batch_size": 12},
+    "eval": {"scores": ["mcm"], "ood_score": "mcm"},
+    "search": {"space": {"train.lam": {"uniform": [0.0, 1.0]}}, "num_samples": 1},
+    "resources": {"num_workers": 1, "cpus_per_worker": 1},
+}
+
+
+def _config(tmp_path: Path, **sections) -> Path:
+    raw = yaml.safe_load(yaml.safe_dump(SMALL))
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    raw["storage"] = {"path": str(tmp_path / "results"), **raw.get("storage", {})}
+    path = tmp_path / "sbase.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _error(capsys, argv: list[str], code: int = 2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err.removeprefix("error: ").rstrip("\n")
+
+
+# ---------------------------------------------------------------- 1. resume
+
+
+class Planted:
+    """A pickle that, when loaded, creates a marker file (what a hostile tuner.pkl could do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _planted_experiment(tmp_path: Path, *, with_state: bool) -> tuple[Path, Path]:
+    exp = tmp_path / "results" / "planted"
+    exp.mkdir(parents=True)
+    cfg = yaml.safe_load(_config(tmp_path).read_text())
+    (exp / "raymmft_config.json").write_text(__import__("json").dumps(cfg))
+    marker = tmp_path / "payload-ran"
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(Planted(marker)))
+    if with_state:
+        (exp / "experiment_state-2026-12-01_00-00-00.json").write_text('{"trial_data": []}')
+    return exp, marker
+
+
+def test_resume_refuses_a_folder_without_tune_state(tmp_path, capsys):
+    exp, marker = _planted_experiment(tmp_path, with_state=False)
+    msg = _error(capsys, ["search", "--resume", str(exp)])
+    assert msg == (
+        f"cannot resume {exp}: it holds no Tune experiment state (experiment_state-*.json): "
+        "not a search that has started"
+    )
+    assert not marker.exists()
+
+
+def test_resume_refuses_an_experiment_others_can_write(tmp_path, capsys):
+    exp, marker = _planted_experiment(tmp_path, with_state=True)
+    os.chmod(exp / "tuner.pkl", 0o666)
+    msg = _error(capsys, ["search", "--resume", str(exp)])
+    assert msg == (
+        f"cannot resume {exp}: {exp / 'tuner.pkl'} can be written by other users (mode 0o666); "
+        "resume loads Tune's pickled state, so it resumes only an experiment no one else can "
+        "change (chmod -R go-w)"
+    )
+    os.chmod(exp / "tuner.pkl", 0o644)
+    os.chmod(exp, 0o777)
+    assert "can be written by other users (mode 0o777)" in _error(
+        capsys, ["search", "--resume", str(exp)]
+    )
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_resume_refuses_an_experiment_of_another_user(tmp_path, capsys):
+    exp, marker = _planted_experiment(tmp_path, with_state=True)
+    os.chown(exp / "tuner.pkl", 4242, 4242)
+    msg = _error(capsys, ["search", "--resume", str(exp)])
+    assert msg.startswith(
+        f"cannot resume {exp}: {exp / 'tuner.pkl'} belongs to another user (uid 4242)"
+    )
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 2. weights
+
+
+def _weights(tmp_path: Path, name: str, content) -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    return path
+
+
+def _tiny_state(**changes):
+    from raymmft.model import build_model
+
+    torch.manual_seed(0)
+    state = build_model("raymmft-tiny").model.state_dict()
+    return {**state, **changes}
+
+
+EVALUATE = ["--arch", "raymmft-tiny", "--id", "builtin:shapes?split=test&classes=id&per_class=1"]
+EVALUATE += ["--ood", "builtin:shapes?split=test&classes=far_ood&per_class=2", "--scores", "mcm"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "random.pt",
+            os.urandom(512),
+            "cannot load pretrained weights {p}: not a PyTorch state dict file (",
+        ),
+        ("empty.pt", b"", "cannot load pretrained weights {p}: the file is empty"),
+        ("dict.pt", {}, "pretrained weights {p} hold no tensors"),
+        ("list.pt", [1, 2, 3], "pretrained weights {p} hold a list, not a state dict"),
+        (
+            "garbage.safetensors",
+            b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}garbage",
+            "cannot load pretrained weights {p}: not a safetensors file (",
+        ),
+    ],
+)
+def test_weights_that_do_not_load(tmp_path, capsys, name, content, message):
+    path = _weights(tmp_path, name, content)
+    msg = _error(capsys, ["evaluate", *EVALUATE, "--pretrained", str(path)])
+    assert msg.startswith(message.format(p=path)), msg
+
+
+def test_weights_of_another_architecture(tmp_path, capsys):
+    from raymmft.model import build_model
+
+    small = _weights(tmp_path, "small.pt", build_model("raymmft-small").model.state_dict())
+    msg = _error(capsys, ["evaluate", *EVALUATE, "--pretrained", str(small)])
+    assert msg.startswith(f"pretrained weights {small} do not fit raymmft-tiny: ")
+    assert "mismatched" in msg and "e.g. '" in msg
+
+
+def test_weights_that_are_not_finite(tmp_path, capsys):
+    nan = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in _tiny_state().items()
+    }
+    path = _weights(tmp_path, "nan.pt", nan)
+    msg = _error(capsys, ["evaluate", *EVALUATE, "--pretrained", str(path)])
+    assert msg.startswith(f"pretrained weights {path} hold non-finite values (NaN or inf) in ")
+
+
+def test_search_tries_the_weights_before_any_trial(tmp_path, capsys):
+    good = _weights(tmp_path, "good.pt", _tiny_state())
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    path = _config(tmp_path, model={"pretrained": str(truncated)})
+    msg = _error(capsys, ["search", str(path)])
+    assert msg.startswith(f"cannot load pretrained weights {truncated}: ")
+    assert not (tmp_path / "results" / "sbase").exists()
+
+
+# ---------------------------------------------------------------- 3. numbers
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=.inf", "train.lr: Input should be a finite number, got inf"),
+        ("train.lam=.inf", "train.lam: Input should be a finite number, got inf"),
+        ("train.lam=.nan", "train.lam: Input should be a finite number, got nan"),
+        ("eval.temperature=.inf", "eval.temperature: Input should be a finite number, got inf"),
+        (
+            "model.temperature=1e6",
+            "model.temperature: must be in [0.01, 1] (CLIP clamps the logit scale 1/tau to "
+            "[1, 100]), got 1000000.0",
+        ),
+        (
+            "model.temperature=1e-12",
+            "model.temperature: must be in [0.01, 1] (CLIP clamps the logit scale 1/tau to "
+            "[1, 100]), got 1e-12",
+        ),
+        (
+            "search.score_weight=.nan",
+            "search.score_weight: Input should be a finite number, got nan",
+        ),
+    ],
+)
+def test_numbers_must_be_finite_and_in_range(tmp_path, capsys, override, message):
+    path = _config(tmp_path)
+    assert _error(capsys, ["train", str(path), "--set", override]) == f"{path}: {message}"
+
+
+def test_set_on_a_searched_field_is_an_error(tmp_path, capsys):
+    path = _config(tmp_path)
+    msg = _error(capsys, ["search", str(path), "--set", "train.lam=.nan"])
+    assert msg == (
+        "--set train.lam: the field is searched (search.space); give its range there, or drop "
+        "it from search.space to fix its value"
+    )
+
+
+# ---------------------------------------------------------------- 4. search space
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        (
+            {"train.schedule": {"loguniform": [1, 10]}},
+            "search.space: train.schedule: loguniform [1, 10] can give 1, but train.schedule: "
+            "Input should be 'cosine' or 'constant', got 1",
+        ),
+        (
+            {"train.epochs": {"loguniform": [1, 10]}},
+            "search.space: train.epochs: loguniform gives non-integer values but train.epochs "
+            "takes integers; use randint or choice",
+        ),
+        (
+            {"train.lr": {"uniform": [-1, 1]}},
+            "search.space: train.lr: uniform [-1, 1] can give -1, but train.lr: must be > 0, got -1.0",
+        ),
+        (
+            {"train": {"choice": [{"lr": 0.1}]}},
+            "search.space: 'train' is a section, not a field; search its fields (e.g. train.lr)",
+        ),
+        (
+            {"eval.templates": {"choice": [["no slot here"]]}},
+            "search.space: eval.templates: choice [['no slot here']] can give ['no slot here'], "
+            "but eval.templates[0]: must contain exactly one '{}', got 'no slot here'",
+        ),
+    ],
+)
+def test_every_value_a_space_can_give_is_checked(tmp_path, capsys, space, message):
+    path = _config(tmp_path, search={"space": space})
+    assert _error(capsys, ["search", str(path)]) == f"{path}: {message}"
+
+
+def test_a_choice_of_architectures_is_checked_before_any_trial(tmp_path, capsys):
+    space = {"model.arch": {"choice": ["raymmft-tiny", "not-an-arch"]}}
+    path = _config(tmp_path, search={"space": space})
+    msg = _error(capsys, ["search", str(path)])
+    assert msg.startswith(
+        "search.space: model.arch can be 'not-an-arch': unknown architecture 'not-an-arch'"
+    )
+
+
+def test_objectives_must_be_metrics_trials_report(tmp_path, capsys):
+    path = _config(
+        tmp_path,
+        search={"objectives": [{"metric": "no_such_metric"}], "asha": {"metric": "id_acc"}},
+    )
+    msg = _error(capsys, ["search", str(path)])
+    assert msg.startswith(
+        f"{path}: search.objectives[0].metric: 'no_such_metric' is not a metric trials report "
+        "(e.g. id_acc, ood_auroc, score, ood_fpr95, "
+    )
+    path = _config(tmp_path, search={"asha": {"metric": "ood_auroc/near"}})
+    assert "search.asha.metric: 'ood_auroc/near' is not a metric" in _error(
+        capsys, ["search", str(path)]
+    )
+
+
+@pytest.mark.parametrize("content", [None, "# nothing\n\n"])
+def test_the_neglabel_corpus_is_resolved_before_any_trial(tmp_path, capsys, content):
+    words = tmp_path / "words.txt"
+    if content is not None:
+        words.write_text(content)
+    path = _config(
+        tmp_path,
+        eval={"scores": ["neglabel"], "ood_score": "neglabel", "neglabel": {"corpus": str(words)}},
+    )
+    msg = _error(capsys, ["search", str(path)])
+    if content is None:
+        assert msg.startswith(f"unknown NegLabel corpus '{words}' (known: wordnet, world, ")
+    else:
+        assert msg == f"NegLabel corpus file {words} holds no words (one word per line)"
+    assert not (tmp_path / "results" / "sbase").exists()
+
+
+# ---------------------------------------------------------------- 5. resources
+
+
+def test_searched_resources_are_checked_over_their_range(tmp_path, capsys):
+    cpus = os.cpu_count()
+    space = {"train.lam": {"uniform": [0, 1]}, "resources.num_workers": {"choice": [1, 2 * cpus]}}
+    path = _config(tmp_path, search={"space": space})
+    started = time.time()
+    msg = _error(capsys, ["search", str(path)])
+    assert time.time() - started < 60
+    assert msg == (
+        f"a trial needs {2 * cpus} CPU (resources.num_workers={2 * cpus} x cpus_per_worker) but "
+        f"the cluster has {cpus}; lower resources.num_workers or resources.cpus_per_worker"
+    )
+
+
+def test_gpus_without_gpus_per_worker(tmp_path, capsys):
+    path = _config(tmp_path, resources={"use_gpu": True, "gpus_per_worker": 0})
+    assert _error(capsys, ["search", str(path)]) == (
+        f"{path}: resources: resources.use_gpu is true but resources.gpus_per_worker is 0.0; "
+        "give each worker a GPU share > 0, or set use_gpu: false"
+    )
+
+
+def test_an_unreachable_cluster_fails_fast(tmp_path):
+    path = _config(tmp_path)
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "raymmft.cli", "search", str(path), "--address", "127.0.0.1:1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.time() - started < 40
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: cannot reach a Ray cluster at 127.0.0.1:1 (connection refused); start one with "
+        "`ray start --head`, or leave out --address to start Ray here"
+    )
+
+
+# ---------------------------------------------------------------- 6. paths
+
+
+def test_a_config_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(_config(tmp_path).read_bytes().replace(b"raymmft-tiny", b"raymmft-t\xffny"))
+    assert (
+        _error(capsys, ["search", str(path)]) == f"{path}: not UTF-8 text (byte 0xff at offset 29)"
+    )
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
+    from test_report import make_experiment
+
+    exp = make_experiment(tmp_path / "e")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert _error(capsys, ["report", str(exp), "--out", str(blocker)]) == (
+        f"--out {blocker}: is a file, not a directory"
+    )
+    assert _error(capsys, ["report", str(exp), "--out", str(blocker / "sub")]) == (
+        f"--out {blocker / 'sub'}: cannot create it ({blocker} is a file)"
+    )
+    started = time.time()
+    assert _error(capsys, ["evaluate", *EVALUATE, "--out", str(tmp_path)]) == (
+        f"--out {tmp_path}: is a directory, not a file"
+    )
+    assert _error(capsys, ["evaluate", *EVALUATE, "--out", str(blocker / "r.json")]) == (
+        f"--out {blocker / 'r.json'}: cannot create it ({blocker} is a file)"
+    )
+    assert time.time() - started < 10, "refused before the evaluation ran"
+    folder = tmp_path / "folder"
+    (folder / "cat").mkdir(parents=True)
+    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(folder / "cat" / "0.png")
+    assert _error(capsys, ["convert-parquet", str(folder), str(blocker)]) == (
+        f"OUT {blocker}: is a file, not a directory"
+    )
+
+
+def test_a_name_too_long_for_a_file(tmp_path, capsys):
+    path = _config(tmp_path)
+    assert _error(capsys, ["search", str(path), "--name", "x" * 300]) == (
+        "--name: experiment name is 300 bytes long; at most 255 are allowed"
+    )
+
+
+# ---------------------------------------------------------------- 7. other silent acceptances
+
+
+def test_an_empty_name(tmp_path, capsys):
+    path = _config(tmp_path)
+    assert _error(capsys, ["search", str(path), "--name", ""]) == "--name: experiment name is empty"
+
+
+def test_convert_parquet_refuses_a_folder_that_holds_other_files(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    (folder / "cat").mkdir(parents=True)
+    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(folder / "cat" / "0.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _error(capsys, ["convert-parquet", str(folder), str(out)]) == (
+        f"OUT {out}: the directory is not empty (it holds notes.txt); give a new or empty one"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_classnames_file_that_repeats_a_name(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    for c in ("a", "b", "c"):
+        (folder / c).mkdir(parents=True)
+        __import__("PIL.Image").Image.new("RGB", (8, 8)).save(folder / c / "0.png")
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\ncat\n")
+    spec = {"uri": f"imagefolder:{folder}", "classnames_file": str(names)}
+    path = _config(
+        tmp_path,
+        data={"id_train": spec, "id_val": "builtin:shapes?split=val&classes=id&per_class=1"},
+    )
+    assert (
+        _error(capsys, ["search", str(path)])
+        == f"classnames file {names}: 'cat' is listed twice (lines 1 and 3)"
+    )
