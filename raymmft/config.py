@@ -9,6 +9,7 @@ can be searched: ``search.space`` maps dotted field paths (``train.lam``) to a d
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,11 +28,30 @@ from pydantic import (
 from raymmft.data import DataConfig
 from raymmft.errors import ConfigError, StorageError
 from raymmft.ood.corpus import check_categories
-from raymmft.storage import Location, check_name
+from raymmft.storage import Location, check_name, untrusted
 from raymmft.text import check_template
 
 # A prompt template: exactly one "{}" where the class name (or NegLabel word) goes.
 Template = Annotated[str, AfterValidator(check_template)]
+# what an evaluation measures per OoD set and score (docs/method.md, "Metrics")
+OOD_METRICS: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")
+# what every report of a trial carries besides the evaluation (raymmft.loop)
+TRAINING_METRICS: tuple[str, ...] = (
+    "epoch",
+    "step",
+    "world_size",
+    "train_loss",
+    "train_contrastive",
+    "train_regularizer",
+    "lr",
+    "logit_scale",
+    "images_per_s",
+    "train_skipped",
+    "time/train_s",
+    "time/eval_s",
+    "time/checkpoint_s",
+    "time/startup_s",
+)
 # CLIP clamps the learned logit scale 1/tau to [1, 100] after every step (as open_clip's training
 # does); a temperature outside [0.01, 1] would be changed without a word, so it is refused.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
@@ -316,6 +336,15 @@ class ResourcesConfig(_Section):
     gpus_per_worker: float = Field(1.0, ge=0)
     max_failures: int = Field(1, ge=0, description="worker-group restarts per trial")
 
+    @model_validator(mode="after")
+    def _gpu_share(self):
+        if self.use_gpu and not self.gpus_per_worker > 0:
+            raise ValueError(
+                f"resources.use_gpu is true but resources.gpus_per_worker is "
+                f"{self.gpus_per_worker}; give each worker a GPU share > 0, or set use_gpu: false"
+            )
+        return self
+
 
 class StorageConfig(_Section):
     path: str = Field(
@@ -373,7 +402,74 @@ class Config(_Section):
             )
         for key in self.search.space:
             _check_field_path(self, key)
+        known = self.reported_metrics()
+        checked = [
+            (f"search.objectives[{i}].metric", o.metric)
+            for i, o in enumerate(self.search.objectives)
+        ]
+        if self.search.scheduler == "asha":
+            checked.append(("search.asha.metric", self.search.asha.metric))
+        for where, metric in checked:
+            if metric not in known:
+                some = ["id_acc", "ood_auroc", "score", "ood_fpr95"]
+                some += sorted(m for m in known if m.count("/") == 2)[:1]
+                raise ValueError(
+                    f"{where}: '{metric}' is not a metric trials report (e.g. {', '.join(some)}, "
+                    f"or any key of a trial's result.json)"
+                )
+        for key, dist in self.search.distributions.items():
+            self._check_searched(key, dist)
         return self
+
+    def _check_searched(self, key: str, dist: Distribution) -> None:
+        """Every value ``dist`` can give at its extremes validates as the field it searches."""
+        *parents, leaf = key.split(".")
+        owner: Any = self
+        for part in parents:
+            owner = getattr(owner, part)
+        annotation = type(owner).model_fields[leaf].annotation
+        value = getattr(owner, leaf)
+        if isinstance(value, BaseModel):
+            first = next(iter(type(value).model_fields))
+            raise ValueError(
+                f"search.space: '{key}' is a section, not a field; search its fields (e.g. "
+                f"{key}.{first})"
+            )
+        takes = set(typing.get_args(annotation)) or {annotation}
+        if int in takes and float not in takes and not dist.integer:
+            raise ValueError(
+                f"search.space: {key}: {dist.name} gives non-integer values but {key} takes "
+                f"integers; use randint or choice"
+            )
+        for candidate in dist.extremes():
+            raw = self.to_dict()
+            set_path(raw, key, candidate)
+            raw["search"] = {
+                **raw.get("search", {}),
+                "space": {key: candidate},
+                "initial_points": [],
+            }
+            try:
+                Config.model_validate(raw)
+            except ValidationError as err:
+                loc, msg = describe_error(err)
+                raise ValueError(
+                    f"search.space: {key}: {dist.name} {list(dist.args)} can give {candidate!r}, "
+                    f"but {loc}: {msg}"
+                ) from None
+
+    def reported_metrics(self) -> set[str]:
+        """The names of what every trial reports (``raymmft.loop``): the training figures, the
+        time budget, and every evaluation metric of the configured scores and OoD val sets."""
+        from raymmft.data.spec import set_names
+
+        names = set_names(self.data.ood_val)
+        out = set(TRAINING_METRICS) | {"id_acc", "modality_gap", "score"}
+        for metric in OOD_METRICS:
+            out |= {f"ood_{metric}", *(f"ood_{metric}/{n}" for n in names)}
+            for score in self.eval.scores:
+                out |= {f"{score}/ood_{metric}", *(f"{score}/ood_{metric}/{n}" for n in names)}
+        return out
 
     def to_dict(self) -> dict:
         """Plain data that validates back into the same config (what travels to Ray workers).
@@ -465,8 +561,17 @@ def load_config(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column})"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -482,24 +587,55 @@ def load_config(
     return cfg
 
 
+def check_not_searched(cfg: Config, overrides: list[str] | None) -> None:
+    """A search draws its searched fields: a ``--set`` on one would be overridden without a word,
+    so it is an error that names the field (``raymmft train`` uses the fixed values, and allows it)."""
+    searched = list(cfg.search.distributions)
+    for key, _ in parse_overrides(overrides):
+        if any(key == s or s.startswith(key + ".") or key.startswith(s + ".") for s in searched):
+            raise ConfigError(
+                f"--set {key}: the field is searched (search.space); give its range there, or "
+                f"drop it from search.space to fix its value"
+            )
+
+
 EXPERIMENT_CONFIG_FILE = "raymmft_config.json"
 
 
 def load_experiment_config(experiment: str | Location) -> Config:
     """The config saved in an experiment directory (a local path or a URI), with its storage
-    pointing at that directory."""
+    pointing at that directory, once the directory is known to be a started search that only
+    this user can change: resuming loads Tune's pickled state (``tuner.pkl``, the searcher's
+    state), which runs whatever code a planted pickle holds."""
     import json
 
     try:
         exp = Location.parse(experiment)
         path = exp.join(EXPERIMENT_CONFIG_FILE)
         found = path.is_file()
+        names = list(exp.children()) if found else []
     except StorageError as exc:
         raise ConfigError(f"cannot resume {experiment}: {exc}") from None
     if not found:
         raise ConfigError(
             f"cannot resume {experiment}: no {EXPERIMENT_CONFIG_FILE} there (not a raymmft experiment)"
         )
+    states = [n for n in names if n.startswith("experiment_state-") and n.endswith(".json")]
+    if not states or "tuner.pkl" not in names:
+        missing = "experiment_state-*.json" if not states else "tuner.pkl"
+        raise ConfigError(
+            f"cannot resume {experiment}: it holds no Tune experiment state ({missing}): not a "
+            "search that has started"
+        )
+    if exp.is_local:
+        local = exp.local_path
+        for item in [local, *sorted(p for p in local.iterdir() if p.is_file())]:
+            reason = untrusted(item)
+            if reason is not None:
+                raise ConfigError(
+                    f"cannot resume {experiment}: {item} {reason}; resume loads Tune's pickled "
+                    "state, so it resumes only an experiment no one else can change (chmod -R go-w)"
+                )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -1,12 +1,15 @@
 """Errors raised where bad input enters raymmft.
 
 Every error carries a one-line message that names the file, field or value at fault; the CLI prints it
-as ``error: <message>`` and exits with status 2, leaving anything already written untouched.
+as ``error: <message>`` and exits with the error's ``exit_code`` (2 for bad input, 1 for a run that
+failed), leaving anything already written untouched.
 """
 
 
 class RaymmftError(Exception):
     """Base class for user-facing errors (bad config, data, weights, storage)."""
+
+    exit_code = 2
 
 
 class ConfigError(RaymmftError):
@@ -23,3 +26,9 @@ class DataError(RaymmftError):
 
 class StorageError(RaymmftError):
     """A results location (local path, ``s3://``, ``gs://``, ``file://``) cannot be used."""
+
+
+class RunFailedError(RaymmftError):
+    """A run started and failed (e.g. its loss became NaN): not bad input, so exit status 1."""
+
+    exit_code = 1

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raymmft.config import OOD_METRICS
 from raymmft.distributed import gather_rows, shard_bounds
 from raymmft.ood.embed import CachedTokenizer, TextEncoder, class_text_features, encode_images
 from raymmft.ood.metrics import accuracy, ood_metrics
@@ -33,7 +34,7 @@ from raymmft.ood.scores import SCORES, ScoreContext, clip_logits, get_score
 from raymmft.progress import Progress, say
 from raymmft.storage import Location
 
-METRICS: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")
+METRICS = OOD_METRICS
 METRIC_TITLES = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out"}
 # images per block when scoring: bounds the [block, M] similarity matrices held at once
 SCORE_BLOCK = 1024

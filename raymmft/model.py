@@ -150,10 +150,12 @@ def build_model(
         model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
             arch, pretrained=weights, device=device, pretrained_text=False
         )
-    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+    except Exception as exc:  # open_clip raises anything from a bad file: say which, in one line
         if weights is None:
             raise
-        reason = str(exc).splitlines()[0][:200]
+        if Path(weights).is_file():
+            check_weights_file(arch, weights)  # the precise reason, when there is one
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(
             f"could not load pretrained weights '{weights}' for {arch}: {reason}; {_pretrained_help(arch)}"
         ) from exc
@@ -176,3 +178,79 @@ def clamp_logit_scale(model: torch.nn.Module) -> None:
     """Keep the learned logit scale in [0, log 100], as CLIP training does after each step."""
     with torch.no_grad():
         model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (a state dict, ``{"state_dict": ...}``, or safetensors),
+    ``module.`` prefixes removed, loaded without running pickled code; a file that is none of
+    these is a ``ModelError`` that says why."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ModelError(f"cannot load pretrained weights {path}: the file is empty")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            payload = load_file(str(path))
+        except Exception as exc:
+            raise ModelError(
+                f"cannot load pretrained weights {path}: not a safetensors file ({_reason(exc)})"
+            ) from None
+    else:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(
+                f"cannot load pretrained weights {path}: not a PyTorch state dict file "
+                f"({_reason(exc)})"
+            ) from None
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict):
+        raise ModelError(
+            f"pretrained weights {path} hold a {type(payload).__name__}, not a state dict"
+        )
+    tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelError(f"pretrained weights {path} hold no tensors")
+    return {k.removeprefix("module."): v for k, v in tensors.items()}
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
+def check_weights_file(arch: str, path: str | os.PathLike) -> None:
+    """A local weights file loads into ``arch``: it reads (``read_weights_file``), its values are
+    finite, and its tensors fit the architecture's (as is, or after open_clip's own conversions
+    of other checkpoint layouts). Raises ``ModelError`` naming the file and what is wrong."""
+    path = Path(path)
+    state = read_weights_file(path)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelError(
+            f"pretrained weights {path} hold non-finite values (NaN or inf) in {len(bad)} "
+            f"tensor(s), e.g. '{bad[0]}'"
+        )
+    model = open_clip.create_model(arch, pretrained=None)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if not (missing or unexpected or mismatched):
+        return
+    try:  # another layout open_clip converts (OpenAI, timm, resized position embeddings...)
+        open_clip.load_checkpoint(model, str(path), strict=True)
+        return
+    except Exception:
+        pass
+    if mismatched:
+        k = mismatched[0]
+        example = f"'{k}': {list(state[k].shape)} in the file, {list(own[k].shape)} in the model"
+    else:
+        k = (missing or unexpected)[0]
+        example = f"'{k}' missing" if missing else f"'{k}' is not in the model"
+    raise ModelError(
+        f"pretrained weights {path} do not fit {arch}: {len(missing)} missing, "
+        f"{len(mismatched)} mismatched and {len(unexpected)} unexpected tensors (e.g. {example})"
+    )

@@ -19,7 +19,13 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train import (
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainingFailedError,
+)
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -28,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raymmft.config import EXPERIMENT_CONFIG_FILE as CONFIG_FILE
 from raymmft.config import Config, apply_trial_params, flatten_fields
-from raymmft.errors import ConfigError
+from raymmft.errors import ConfigError, RunFailedError
 from raymmft.results.experiment import (
     OPTUNA_JOURNAL,
     TENSORBOARD_DIR,
@@ -376,7 +382,7 @@ def trial_driver(params: dict, *, base: dict, negatives: str | None) -> None:
     )
     try:
         trainer.fit()
-    except WorkerGroupError as exc:
+    except TrainingFailedError as exc:
         # Tune records this one-line reason as the trial's error; the searcher is told it failed.
         raise TrialFailedError(failure_reason(exc)) from None
 
@@ -385,9 +391,10 @@ class TrialFailedError(RuntimeError):
     """A trial's training failed for good (after Ray Train's retries); the message says why."""
 
 
-def failure_reason(exc: WorkerGroupError) -> str:
-    """The first failed worker's exception as ``rank r: Type: message`` (e.g. a non-finite loss)."""
-    for rank, err in sorted(exc.worker_failures.items()):
+def failure_reason(exc: TrainingFailedError) -> str:
+    """The first failed worker's exception as ``rank r: Type: message`` (e.g. a non-finite loss);
+    a failure of Ray Train's controller as its first line."""
+    for rank, err in sorted(getattr(exc, "worker_failures", {}).items()):
         lines = str(err).strip().splitlines()
         if len(lines) > 1:  # a remote traceback: its last "...Error: ..." line
             detail = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1]).strip()
@@ -419,11 +426,58 @@ def init_ray(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        check_reachable(address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"cannot reach a Ray cluster at {address} ({str(exc).strip().splitlines()[0][:160]}); "
+                f"start one with `ray start --head`, or leave out --address to start Ray here"
+            ) from None
     else:
         # A fresh local instance, never a `ray start` cluster that happens to run on this machine.
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
         ray.init(address="local")
+
+
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str) -> None:
+    """A ``host:port`` (or ``ray://host:port``) address answers a TCP connection within a few
+    seconds; ray.init would otherwise retry for minutes. ``auto`` is left to Ray."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = (
+            "connection refused"
+            if isinstance(exc, ConnectionRefusedError)
+            else (
+                f"no answer in {REACH_TIMEOUT_S:g} s"
+                if isinstance(exc, TimeoutError)
+                else exc.strerror or str(exc)
+            )
+        )
+        raise ConfigError(
+            f"cannot reach a Ray cluster at {address} ({reason}); start one with "
+            f"`ray start --head`, or leave out --address to start Ray here"
+        ) from None
+
+
+def resource_variants(cfg: Config) -> list[Config]:
+    """``cfg`` and its trials at the extremes of every searched ``resources.*`` field: what a
+    trial can ask the cluster for."""
+    variants = [cfg]
+    for key, dist in cfg.search.distributions.items():
+        if key.startswith("resources."):
+            variants += [apply_trial_params(cfg, {key: value}) for value in dist.extremes()]
+    return variants
 
 
 def check_experiment_dir(cfg: Config, *, resume: bool) -> Location:
@@ -454,15 +508,18 @@ def prepare_run(
 
         check_inputs(cfg)
     storage = cfg.storage.location
+    variants = resource_variants(cfg)
     if not joins_cluster(address):  # checked before Ray starts here
-        concurrent_trials(cfg, local_resources())
+        for variant in variants:
+            concurrent_trials(variant, local_resources())
         check_storage(storage, num_nodes=1, shared=cfg.storage.shared)
     init_ray(address)
     cluster = cluster_summary(ray)
     print(f"cluster: {cluster}")
     if joins_cluster(address):
         check_storage(storage, num_nodes=cluster.reachable_nodes, shared=cfg.storage.shared)
-    fits = concurrent_trials(cfg, cluster.reachable_resources(ray.cluster_resources()))
+    reachable = cluster.reachable_resources(ray.cluster_resources())
+    fits = min(concurrent_trials(variant, reachable) for variant in variants)
     if not resume:
         exp.join(CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
     return exp, fits
@@ -511,14 +568,18 @@ def run_train(
 ):
     """One fine-tuning run at the config's fixed values; returns Ray Train's ``Result``."""
     exp, _ = prepare_run(cfg, address=address, resume=resume, preflight=preflight)
-    return make_trainer(
+    trainer = make_trainer(
         cfg,
         storage=cfg.storage.location,
         name=cfg.storage.name,
         cache=cache_location(cfg),
         tensorboard_dir=exp.join(TENSORBOARD_DIR, "run"),
         negatives=prepare_remote(cfg, exp),
-    ).fit()
+    )
+    try:
+        return trainer.fit()
+    except TrainingFailedError as exc:
+        raise RunFailedError(f"training failed: {failure_reason(exc)}") from None
 
 
 def evaluate_remote(cfg: Config, checkpoint: str | Location, *, on: str = "test"):

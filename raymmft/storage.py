@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -50,6 +51,52 @@ def check_name(name: str, what: str = "experiment name") -> str:
     if size > MAX_NAME_BYTES:
         raise ValueError(f"{what} is {size} bytes long; at most {MAX_NAME_BYTES} are allowed")
     return name
+
+
+def check_output(
+    location: str | Location, flag: str, *, directory: bool, empty: bool = False
+) -> Location:
+    """An output location given on the command line, checked before any work: a ``directory``
+    (or a file) that can be created here, is not the other kind, is writable, and with ``empty``
+    holds nothing yet. Raises ``StorageError`` naming the flag."""
+    location = Location.parse(location)
+    if not location.is_local:
+        if not directory and location.is_dir():
+            raise StorageError(f"{flag} {location}: is a directory, not a file")
+        return location
+    path = location.local_path
+    kind = "directory" if directory else "file"
+    if path.exists():
+        if path.is_dir() != directory:
+            other = "file" if directory else "directory"
+            raise StorageError(f"{flag} {location}: is a {other}, not a {kind}")
+        if empty and directory and any(path.iterdir()):
+            held = ", ".join(sorted(p.name for p in path.iterdir())[:3])
+            raise StorageError(
+                f"{flag} {location}: the directory is not empty (it holds {held}); give a new or "
+                f"empty one"
+            )
+        writable = path if directory else path.parent
+    else:
+        writable = path.parent
+        while not writable.exists():
+            writable = writable.parent
+        if not writable.is_dir():
+            raise StorageError(f"{flag} {location}: cannot create it ({writable} is a file)")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise StorageError(f"{flag} {location}: not writable ({writable} is not writable)")
+    return location
+
+
+def untrusted(path: Path) -> str | None:
+    """Why a local file or directory could have been changed by someone else (it belongs to
+    another user, or others may write it), or ``None``."""
+    info = path.lstat()
+    if info.st_uid != os.geteuid():
+        return f"belongs to another user (uid {info.st_uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"can be written by other users (mode {oct(stat.S_IMODE(info.st_mode))})"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -232,6 +232,8 @@ def test_numbers_must_be_finite_and_in_range(tmp_path, capsys, override, message
 def test_set_on_a_searched_field_is_an_error(tmp_path, capsys):
     path = _config(tmp_path)
     msg = _error(capsys, ["search", str(path), "--set", "train.lam=.nan"])
+    assert msg == f"{path}: train.lam: Input should be a finite number, got nan"
+    msg = _error(capsys, ["search", str(path), "--set", "train.lam=0.5"])
     assert msg == (
         "--set train.lam: the field is searched (search.space); give its range there, or drop "
         "it from search.space to fix its value"
@@ -260,7 +262,7 @@ def test_set_on_a_searched_field_is_an_error(tmp_path, capsys):
         ),
         (
             {"train": {"choice": [{"lr": 0.1}]}},
-            "search.space: 'train' is a section, not a field; search its fields (e.g. train.lr)",
+            "search.space: 'train' is a section, not a field; search its fields (e.g. train.epochs)",
         ),
         (
             {"eval.templates": {"choice": [["no slot here"]]}},
@@ -340,6 +342,7 @@ def test_gpus_without_gpus_per_worker(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow  # a fresh interpreter through the CLI
 def test_an_unreachable_cluster_fails_fast(tmp_path):
     path = _config(tmp_path)
     started = time.time()
@@ -363,9 +366,12 @@ def test_an_unreachable_cluster_fails_fast(tmp_path):
 
 def test_a_config_that_is_not_utf8(tmp_path, capsys):
     path = tmp_path / "latin1.yaml"
-    path.write_bytes(_config(tmp_path).read_bytes().replace(b"raymmft-tiny", b"raymmft-t\xffny"))
-    assert (
-        _error(capsys, ["search", str(path)]) == f"{path}: not UTF-8 text (byte 0xff at offset 29)"
+    data = _config(tmp_path).read_bytes().replace(b"raymmft-tiny", b"raymmft-t\xffny")
+    path.write_bytes(data)
+    at = data.index(b"\xff")
+    line, column = data[:at].count(b"\n") + 1, at - data[:at].rfind(b"\n")
+    assert _error(capsys, ["search", str(path)]) == (
+        f"{path}: not UTF-8 text (byte 0xff at line {line}, column {column})"
     )
 
 
@@ -441,3 +447,22 @@ def test_a_classnames_file_that_repeats_a_name(tmp_path, capsys):
         _error(capsys, ["search", str(path)])
         == f"classnames file {names}: 'cat' is listed twice (lines 1 and 3)"
     )
+
+
+@pytest.mark.ray
+def test_a_failed_training_run_is_one_line_and_exit_1(tmp_path):
+    """A run that starts and fails (lr 1e4 diverges to a NaN loss) is not a traceback."""
+    path = _config(tmp_path, train={"epochs": 3, "lr": 1.0e4}, search={"space": {"train.seed": 0}})
+    result = subprocess.run(
+        [sys.executable, "-m", "raymmft.cli", "train", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0]
+    # the weights diverge: a NaN loss, or NaN logits at the first evaluation
+    assert errors[0].startswith("error: training failed: worker rank 0: ")
+    assert "NaN" in errors[0] or "nan" in errors[0]

@@ -147,6 +147,7 @@ def _fresh(code: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and open_clip
 def test_the_core_imports_without_ray(graph):
     core = sorted(m for m in graph if layer_of(m) == "core")
     loaded = _fresh(

@@ -5,6 +5,7 @@ import gc
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -73,6 +74,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two gloo processes
 def test_two_workers_equal_one_worker(tmp_path):
     model = TwoTowers()
     single = CMALoss(LAM)(*model(*_data()))

@@ -19,9 +19,12 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(
-    scope="module", params=["ViT-B-16", "raymmft-tiny", "raymmft-small", "raymmft-world"]
-)
+# ViT-B-16 (random init): the real architecture, a few seconds a step on the CPU
+ARCHS = [pytest.param("ViT-B-16", marks=pytest.mark.slow), "raymmft-tiny", "raymmft-small"]
+ARCHS.append("raymmft-world")
+
+
+@pytest.fixture(scope="module", params=ARCHS)
 def bundle(request):
     torch.manual_seed(0)
     return build_model(request.param)

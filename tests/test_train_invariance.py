@@ -68,6 +68,7 @@ def _port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two gloo processes
 def test_one_step_same_on_one_and_two_workers(tmp_path):
     _run(0, 1, None, tmp_path / "one.pt")
     mp.start_processes(_run, args=(2, _port(), tmp_path / "two.pt"), nprocs=2, start_method="spawn")

@@ -162,6 +162,7 @@ def test_markdown_table_rows_and_cells():
     assert lines[3].startswith("| CMA (λ = 0.3) |")
 
 
+@pytest.mark.slow  # 2,000 held-out images and two minings
 def test_world_metrics_reproduce_the_record(shipped):
     """The world's metrics, now measured through the one evaluator, give the recorded values."""
     from raymmft.world.metrics import world_metrics
@@ -172,6 +173,7 @@ def test_world_metrics_reproduce_the_record(shipped):
     assert metrics_within_tolerance(measured, recorded) == []
 
 
+@pytest.mark.slow  # two fine-tuning runs
 def test_comparison_rows_are_each_runs_test_evaluation():
     """compare-world's rows: the starting model and each run's final weights, evaluated on the
     test sets by the same evaluator (the negatives the starting model mined)."""

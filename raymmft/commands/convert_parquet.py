@@ -11,7 +11,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", help="ImageFolder root: ROOT/<class folder>/<images>")
-    parser.add_argument("out", help="output folder or URI (s3://, gs://); must hold no shards yet")
+    parser.add_argument("out", help="output folder or URI (s3://, gs://): new or empty")
     parser.add_argument(
         "--rows-per-shard", type=int, default=1000, help="rows per Parquet file (default 1000)"
     )
@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raymmft.storage import check_output
+
+    check_output(args.out, "OUT", directory=True, empty=True)
     from raymmft.data.parquet import (
         imagefolder_to_parquet,
         open_parquet_dataset,

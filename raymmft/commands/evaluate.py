@@ -147,6 +147,10 @@ def _parse_spec(text: str, option: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from raymmft.storage import check_output
+
+    if args.out:
+        check_output(args.out, "--out", directory=False)
     settings = eval_settings(args)
     id_spec = _parse_spec(args.id_set, "--id")
     ood_specs = [_parse_spec(text, "--ood") for text in args.ood_sets]
@@ -170,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
     from raymmft.data import open_dataset
     from raymmft.evaluation import Evaluator, format_table, write_json
     from raymmft.model import build_model
+    from raymmft.preflight import check_model
 
+    check_model(args.arch, args.pretrained)  # weights that do not load: one line, now
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

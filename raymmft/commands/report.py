@@ -19,7 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from raymmft.results.report import write_report
+    from raymmft.storage import check_output
 
+    if args.out is not None:
+        check_output(args.out, "--out", directory=True)
     paths = write_report(args.experiment, args.out, top=args.top)
     print(paths.table)
     print()

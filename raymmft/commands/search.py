@@ -32,10 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_for_run(args: argparse.Namespace):
-    """The config of a new run (CONFIG + overrides) or of the experiment being resumed."""
-    from raymmft.config import load_config, load_experiment_config
+def load_for_run(args: argparse.Namespace, *, search: bool = True):
+    """The config of a new run (CONFIG + overrides) or of the experiment being resumed. A search
+    refuses a ``--set`` on a searched field (``search=False``: a training run allows it)."""
+    from raymmft.config import check_not_searched, load_config, load_experiment_config
     from raymmft.errors import ConfigError
+    from raymmft.storage import check_name
 
     if args.resume:
         if args.config or args.overrides or args.name or args.storage:
@@ -47,10 +49,16 @@ def load_for_run(args: argparse.Namespace):
         raise ConfigError("give a CONFIG file, or --resume EXPERIMENT")
     fields = {}
     if args.name is not None:
-        fields["storage.name"] = args.name
+        try:
+            fields["storage.name"] = check_name(args.name)
+        except ValueError as exc:
+            raise ConfigError(f"--name: {exc}") from None
     if args.storage is not None:
         fields["storage.path"] = args.storage
-    return load_config(args.config, args.overrides, fields=fields)
+    cfg = load_config(args.config, args.overrides, fields=fields)
+    if search:
+        check_not_searched(cfg, args.overrides)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

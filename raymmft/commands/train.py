@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from raymmft.commands.search import load_for_run
 
-    cfg = load_for_run(args)
+    cfg = load_for_run(args, search=False)
     from raymmft.search import run_train
 
     result = run_train(

@@ -49,7 +49,22 @@ def read_classnames_file(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"classnames file does not exist: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"classnames file {path}: not UTF-8 text (offset {exc.start})") from None
+    names, first = [], {}
+    for number, line in enumerate(lines, 1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in first:
+            raise DataError(
+                f"classnames file {path}: {name!r} is listed twice (lines {first[name]} and {number})"
+            )
+        first[name] = number
+        names.append(name)
+    return names
 
 
 def folder_classnames(root: Path, folders: list[str], classnames_file: str | None) -> list[str]:
