@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import stat
 import subprocess
 import sys
 import time
