@@ -463,3 +463,61 @@ def test_pareto_front_matches_a_sort_based_front(seed):
             assert not any(_dominates(q, p) for q in points)
         else:
             assert any(_dominates(points[j], p) for j in on)
+
+
+# ---------------------------------------------------------------- importance
+
+
+def _rows_where_one_field_decides(n: int, seed: int = 0) -> list[dict]:
+    """Trials whose ID accuracy is a function of train.lr alone; lam and tau are noise."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        lr, lam, tau = 10 ** rng.uniform(-5, -2), rng.uniform(0, 1), rng.uniform(0.01, 0.1)
+        rows.append(
+            {
+                "trial_id": f"t{i}",
+                "stop_reason": "completed",
+                "baseline": False,
+                "param.train.lr": lr,
+                "param.train.lam": lam,
+                "param.model.temperature": tau,
+                "id_acc": 1.0 / (1.0 + abs(math.log10(lr) + 3.5)),  # best at lr = 10^-3.5
+                "ood_auroc": 0.5 + 0.4 * lam,  # decided by lam alone
+            }
+        )
+    return rows
+
+
+BASE = {
+    "search": {
+        "space": {
+            "train.lr": {"loguniform": [1e-5, 1e-2]},
+            "train.lam": {"uniform": [0, 1]},
+            "model.temperature": {"uniform": [0.01, 0.1]},
+        }
+    }
+}
+
+
+def test_importance_ranks_the_deciding_field_first():
+    from raymmft.results.importance import search_importance
+
+    importance = search_importance(_rows_where_one_field_decides(24), BASE)
+    assert importance.note is None and importance.trials == 24
+    for objective, decider in (("id_acc", "train.lr"), ("ood_auroc", "train.lam")):
+        ranked = list(importance.values[objective])
+        assert ranked[0] == decider, importance.values[objective]
+        assert importance.values[objective][decider] > 0.5
+        assert sum(importance.values[objective].values()) == pytest.approx(1.0)
+
+
+def test_importance_says_why_not_below_its_minimum():
+    from raymmft.results.importance import search_importance
+
+    importance = search_importance(_rows_where_one_field_decides(5), BASE)
+    assert importance.values == {}
+    assert importance.note == (
+        "not computed: 5 finished trial(s), 6 needed for 3 searched field(s) (at least 2 per field)"
+    )
+    assert importance.lines() == [f"importance: {importance.note}"]
