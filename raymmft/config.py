@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -55,11 +56,28 @@ TRAINING_METRICS: tuple[str, ...] = (
 # CLIP clamps the learned logit scale 1/tau to [1, 100] after every step (as open_clip's training
 # does); a temperature outside [0.01, 1] would be changed without a word, so it is refused.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
+# a seed is what every generator takes: torch, numpy and Python's random all accept [0, 2**32)
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# the sections that belong to the whole search, not to one trial: they cannot be searched
+NOT_SEARCHABLE = ("search", "storage")
+# validation context of one candidate value of a searched field (Config._check_searched)
+CANDIDATE = "raymmft.candidate"
 
 
 class _Section(BaseModel):
     # every float is finite: .inf and .nan are refused wherever a number is read
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, v, info):
+        """``epochs: true`` would be read as 1 (pydantic's lax mode): a number field takes numbers."""
+        if isinstance(v, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            takes = set(typing.get_args(annotation)) or {annotation}
+            if bool not in takes and takes & {int, float}:
+                raise ValueError(f"must be a number, got {str(v).lower()}")
+        return v
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,8 @@ class Distribution:
             return cls(name, tuple(args))
         count = "[low, high, q]" if name == "quniform" else "[low, high]"
         sizes = (2, 3) if name == "quniform" else (2,)
+        if isinstance(args, list):  # YAML reads 1e-4 (no dot) as a string; pydantic takes it too
+            args = [_number_text(a) for a in args]
         if not (isinstance(args, list) and len(args) in sizes and all(map(_is_number, args))):
             raise ValueError(f"{key}: {name} needs {count} (finite numbers), got {args!r}")
         low, high = args[0], args[1]
@@ -109,14 +129,25 @@ class Distribution:
         """Whether every value it gives is an integer (an int field takes nothing else)."""
         if self.name == "randint":
             return True
-        return self.name == "choice" and all(
+        return self.name in ("choice", "fixed") and all(
             isinstance(v, int) and not isinstance(v, bool) for v in self.args
         )
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one the distribution can give (an initial point must be)."""
+        if self.name in ("choice", "fixed"):
+            return value in self.args
+        value = _number_text(value)
+        if not _is_number(value):
+            return False
+        if self.name == "randint":
+            return float(value).is_integer() and self.args[0] <= value < self.args[1]
+        return self.args[0] <= value <= self.args[1]
 
     def extremes(self) -> list:
         """The values that bound what it can give: both bounds, or every choice (``randint``'s
         largest is ``high - 1``)."""
-        if self.name == "choice":
+        if self.name in ("choice", "fixed"):
             return list(self.args)
         if self.name == "randint":
             return [int(self.args[0]), int(self.args[1]) - 1]
@@ -125,6 +156,17 @@ class Distribution:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _number_text(x: Any) -> Any:
+    """``"1e-4"`` → ``0.0001``: a string that spells a number is that number; anything else is
+    returned as it is (and refused by the caller)."""
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return x
+    return x
 
 
 class ModelConfig(_Section):
@@ -161,7 +203,7 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_checkpointing: bool = False
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap an epoch (quick runs)")
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("lr")
     @classmethod
@@ -200,7 +242,7 @@ class NegLabelConfig(_Section):
     noun_template: Template = "a photo of a {}."
     adj_template: Template = "This is a {} photo."
     remine_each_eval: bool = Field(False, description="mine again with the current model each time")
-    seed: int = Field(0, description="seed of the grouping shuffle")
+    seed: Seed = Field(0, description="seed of the grouping shuffle")
 
     @field_validator("exclude_categories")
     @classmethod
@@ -231,6 +273,14 @@ class EvalConfig(_Section):
     every_n_epochs: int = Field(1, ge=1)
     batch_size: int = Field(256, ge=1)
     neglabel: NegLabelConfig = NegLabelConfig()
+
+    @field_validator("scores")
+    @classmethod
+    def _each_score_once(cls, v):
+        twice = next((s for i, s in enumerate(v) if s in v[:i]), None)
+        if twice is not None:
+            raise ValueError(f"score '{twice}' given twice")
+        return v
 
     @model_validator(mode="after")
     def _primary_is_computed(self):
@@ -281,7 +331,7 @@ class SearchConfig(_Section):
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="None: derived from the cluster"
     )
-    seed: int = 0
+    seed: Seed = 0
     optuna_storage: str | None = Field(
         None,
         description="an Optuna RDB URL (sqlite:///..., postgresql://...) for the study; default: "
@@ -300,9 +350,11 @@ class SearchConfig(_Section):
     def _check_space(cls, space):
         if not space:
             raise ValueError("search space is empty: give at least one field to search")
+        out = {}
         for key, spec in space.items():
-            Distribution.parse(key, spec)
-        return space
+            dist = Distribution.parse(key, spec)
+            out[key] = spec if dist is None else {dist.name: list(dist.args)}
+        return out
 
     @property
     def distributions(self) -> dict[str, Distribution]:
@@ -326,6 +378,10 @@ class SearchConfig(_Section):
     def _some_objective(cls, v):
         if not v:
             raise ValueError("at least one objective is needed")
+        metrics = [o.metric for o in v]
+        twice = next((m for i, m in enumerate(metrics) if m in metrics[:i]), None)
+        if twice is not None:
+            raise ValueError(f"metric '{twice}' given twice")
         return v
 
 
@@ -392,7 +448,7 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
-    def _cross_checks(self):
+    def _cross_checks(self, info: ValidationInfo):
         ood_metrics = {o.metric for o in self.search.objectives} | {self.search.asha.metric}
         needs_ood = any(m.startswith("ood_") or m == "score" for m in ood_metrics)
         if needs_ood and not self.data.ood_val:
@@ -402,6 +458,11 @@ class Config(_Section):
             )
         for key in self.search.space:
             _check_field_path(self, key)
+            if key.split(".")[0] in NOT_SEARCHABLE:
+                raise ValueError(
+                    f"search.space: '{key}' cannot be searched: the {key.split('.')[0]} section "
+                    "belongs to the whole search, not to one trial"
+                )
         known = self.reported_metrics()
         checked = [
             (f"search.objectives[{i}].metric", o.metric)
@@ -417,9 +478,28 @@ class Config(_Section):
                     f"{where}: '{metric}' is not a metric trials report (e.g. {', '.join(some)}, "
                     f"or any key of a trial's result.json)"
                 )
-        for key, dist in self.search.distributions.items():
+        if (info.context or {}).get(CANDIDATE):
+            return self  # one value of a searched field, being checked (_check_searched)
+        for key, spec in self.search.space.items():
+            dist = Distribution.parse(key, spec) or Distribution("fixed", (spec,))
             self._check_searched(key, dist)
+        self._check_initial_points()
+        self._check_grace_period()
         return self
+
+    def _check_grace_period(self) -> None:
+        """ASHA's first rung after more evaluations than a trial reports would stop no trial."""
+        searched = {"train.epochs", "eval.every_n_epochs"} & set(self.search.distributions)
+        if self.search.scheduler != "asha" or searched:
+            return
+        e, k = self.train.epochs, self.eval.every_n_epochs
+        reports = e // k + (1 if e % k else 0)
+        if self.search.asha.grace_period > reports:
+            raise ValueError(
+                f"search.asha.grace_period is {self.search.asha.grace_period} evaluations but a "
+                f"trial reports {reports} (train.epochs {e}, eval.every_n_epochs {k}): ASHA would "
+                "stop no trial; lower it, or use search.scheduler: fifo"
+            )
 
     def _check_searched(self, key: str, dist: Distribution) -> None:
         """Every value ``dist`` can give at its extremes validates as the field it searches."""
@@ -436,27 +516,48 @@ class Config(_Section):
                 f"{key}.{first})"
             )
         takes = set(typing.get_args(annotation)) or {annotation}
-        if int in takes and float not in takes and not dist.integer:
+        if int in takes and float not in takes and dist.name != "fixed" and not dist.integer:
             raise ValueError(
                 f"search.space: {key}: {dist.name} gives non-integer values but {key} takes "
                 f"integers; use randint or choice"
             )
         for candidate in dist.extremes():
-            raw = self.to_dict()
-            set_path(raw, key, candidate)
-            raw["search"] = {
-                **raw.get("search", {}),
-                "space": {key: candidate},
-                "initial_points": [],
-            }
-            try:
-                Config.model_validate(raw)
-            except ValidationError as err:
-                loc, msg = describe_error(err)
-                raise ValueError(
-                    f"search.space: {key}: {dist.name} {list(dist.args)} can give {candidate!r}, "
-                    f"but {loc}: {msg}"
-                ) from None
+            refusal = self._refusal(key, candidate)
+            if refusal is not None:
+                gives = (
+                    f"the fixed value {candidate!r} is refused:"
+                    if dist.name == "fixed"
+                    else f"{dist.name} {list(dist.args)} can give {candidate!r}, but"
+                )
+                raise ValueError(f"search.space: {key}: {gives} {refusal}")
+
+    def _check_initial_points(self) -> None:
+        """Every initial point lies in its fields' distributions and validates as a trial."""
+        space = self.search.distributions
+        for i, point in enumerate(self.search.initial_points):
+            for key, value in point.items():
+                dist = space[key]
+                if not dist.contains(value):
+                    raise ValueError(
+                        f"search.initial_points[{i}]: {key} = {value!r} is outside its "
+                        f"distribution {{{dist.name}: {list(dist.args)}}}"
+                    )
+                refusal = self._refusal(key, value)
+                if refusal is not None:
+                    raise ValueError(f"search.initial_points[{i}]: {key} = {value!r}: {refusal}")
+
+    def _refusal(self, key: str, value: Any) -> str | None:
+        """Why this config with ``key`` set to ``value`` does not validate (``"field: reason"``),
+        or ``None``."""
+        raw = self.to_dict()
+        set_path(raw, key, value)
+        raw["search"] = {**raw.get("search", {}), "space": {key: value}, "initial_points": []}
+        try:
+            Config.model_validate(raw, context={CANDIDATE: True})
+        except ValidationError as err:
+            loc, msg = describe_error(err)
+            return f"{loc}: {msg}"
+        return None
 
     def reported_metrics(self) -> set[str]:
         """The names of what every trial reports (``raymmft.loop``): the training figures, the
@@ -542,8 +643,31 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
         try:
             out.append((key.strip(), yaml.safe_load(value)))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value {value!r}: {exc}") from exc
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                f"--set {key}: cannot parse value {value!r} as YAML: {problem}"
+            ) from None
     return out
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last one without a word). Merge keys (``<<: *anchor``) still override as YAML says."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the safe loader's own check says what is wrong
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice in one mapping", key_node.start_mark
+                )
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
 
 
 def validate_config(raw: dict, source: str = "config") -> Config:
@@ -571,7 +695,7 @@ def load_config(
             f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column})"
         ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -585,6 +709,18 @@ def load_config(
     if cfg.storage.name is None:
         cfg.storage.name = path.stem
     return cfg
+
+
+def check_searchable(cfg: Config, overrides: list[str] | None) -> None:
+    """What a search needs beyond a valid config: a distribution to draw from, and no ``--set`` on
+    a field it draws (``raymmft train`` runs the fixed values and needs neither)."""
+    if not cfg.search.distributions:
+        raise ConfigError(
+            f"search.space gives only fixed values ({', '.join(cfg.search.space)}): give at least "
+            "one field a distribution ({uniform: [low, high]}, {choice: [...]}, ...), or run the "
+            "fixed values with raymmft train"
+        )
+    check_not_searched(cfg, overrides)
 
 
 def check_not_searched(cfg: Config, overrides: list[str] | None) -> None:

@@ -32,3 +32,10 @@ class RunFailedError(RaymmftError):
     """A run started and failed (e.g. its loss became NaN): not bad input, so exit status 1."""
 
     exit_code = 1
+
+
+def short_list(names, shown: int = 4) -> str:
+    """``[a, b, c, d, ... (1000 in all)]``: a list of names short enough for a one-line error."""
+    names = [str(n) for n in names]
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return "[" + ", ".join(names[:shown]) + more + "]"

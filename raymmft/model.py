@@ -11,9 +11,11 @@ config mechanism, so they are usable wherever an open_clip model name is.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -146,10 +148,11 @@ def build_model(
         raise ModelError(f"unknown precision '{precision}' (known: fp32, bf16, fp16)")
     if temperature is not None and not temperature > 0:
         raise ModelError(f"temperature must be > 0, got {temperature}")
-    try:
-        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-            arch, pretrained=weights, device=device, pretrained_text=False
-        )
+    try:  # no weights is random init, as asked: open_clip's warning about it is not news
+        with weights_follow() if weights is None else contextlib.nullcontext():
+            model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+                arch, pretrained=weights, device=device, pretrained_text=False
+            )
     except Exception as exc:  # open_clip raises anything from a bad file: say which, in one line
         if weights is None:
             raise
@@ -172,6 +175,24 @@ def build_model(
         image_size=_image_size(model),
         autocast_dtype=AUTOCAST_DTYPES[precision],
     )
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def weights_follow() -> Iterator[None]:
+    """Build a model without open_clip's warning that it is "initialized randomly": with no
+    weights asked for, that is what was asked; with weights loaded next (a checkpoint, a file being
+    checked), it is not true."""
+    drop = _DropRandomInitWarning()
+    logging.getLogger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
 
 
 def clamp_logit_scale(model: torch.nn.Module) -> None:
@@ -232,7 +253,8 @@ def check_weights_file(arch: str, path: str | os.PathLike) -> None:
             f"pretrained weights {path} hold non-finite values (NaN or inf) in {len(bad)} "
             f"tensor(s), e.g. '{bad[0]}'"
         )
-    model = open_clip.create_model(arch, pretrained=None)
+    with weights_follow():
+        model = open_clip.create_model(arch, pretrained=None)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

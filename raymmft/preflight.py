@@ -10,8 +10,8 @@ from itertools import product
 from pathlib import Path
 
 from raymmft.config import Config
-from raymmft.data import open_dataset, per_worker_batch
-from raymmft.errors import ConfigError, DataError, ModelError
+from raymmft.data import open_dataset, per_worker_batch, require_id_classes
+from raymmft.errors import ConfigError, DataError, ModelError, short_list
 from raymmft.model import check_model_spec, check_weights_file
 
 
@@ -50,6 +50,7 @@ def preflight(cfg: Config) -> None:
             raise ConfigError(f"search.space: {field} can be {value!r}: {exc}") from None
     per_worker_batch(cfg.train.batch_size, cfg.resources.num_workers)
     train = open_dataset(cfg.data.id_train, None, check=True)
+    require_id_classes(train, f"data.id_train ({cfg.data.id_train})")
     if len(train) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size {cfg.train.batch_size} is larger than the ID train set "
@@ -63,6 +64,12 @@ def preflight(cfg: Config) -> None:
         dataset = open_dataset(spec, None, id_classnames=train.classnames, check=True)
         if len(dataset) == 0:
             raise DataError(f"{where} ({spec}) holds no images")
+        if where == "data.id_val" and list(dataset.classnames) != list(train.classnames):
+            raise DataError(
+                f"data.id_val ({spec}) has the classes {short_list(dataset.classnames)} but "
+                f"data.id_train has {short_list(train.classnames)}: the ID validation set needs the "
+                "same classes in the same order (give both the same classnames_file)"
+            )
     if "neglabel" in cfg.eval.scores:
         from raymmft.corpora import resolve_corpus
 

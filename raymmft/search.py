@@ -126,7 +126,13 @@ def open_study_storage(spec: str):
     from optuna.storages.journal import JournalFileBackend
 
     if "://" in spec:
-        return optuna.storages.RDBStorage(spec)
+        try:
+            return optuna.storages.RDBStorage(spec)
+        except Exception as exc:  # SQLAlchemy: unknown dialect, missing driver, unreachable server
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(
+                f"search.optuna_storage {spec!r}: cannot open the study storage ({reason})"
+            ) from None
     os.makedirs(os.path.dirname(spec), exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(spec))
 
@@ -424,9 +430,10 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return
+    given = address
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        check_reachable(address)
+        check_reachable(address, given=given is not None)
         try:
             ray.init(address=address)
         except ConnectionError as exc:
@@ -443,14 +450,24 @@ def init_ray(address: str | None) -> None:
 REACH_TIMEOUT_S = 5.0
 
 
-def check_reachable(address: str) -> None:
+def check_reachable(address: str, *, given: bool = True) -> None:
     """A ``host:port`` (or ``ray://host:port``) address answers a TCP connection within a few
-    seconds; ray.init would otherwise retry for minutes. ``auto`` is left to Ray."""
+    seconds; ray.init would otherwise retry for minutes. ``auto`` is left to Ray; a ``given``
+    (``--address``) value that is not an address is an error, ``$RAY_ADDRESS`` is left to Ray."""
     import socket
 
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+    if address == "auto":
         return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536) or any(
+        c.isspace() or c in "/?#" for c in host
+    ):
+        if not given:
+            return
+        raise ConfigError(
+            f"--address {address!r}: expected 'auto', HOST:PORT or ray://HOST:PORT (a port in "
+            "1-65535)"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S):
             pass
@@ -529,6 +546,8 @@ def run_search(
     cfg: Config, *, address: str | None = None, resume: bool = False, preflight: bool = True
 ):
     """Run (or resume) the search; return Ray's ``ResultGrid``."""
+    if cfg.search.optuna_storage:  # an RDB URL that cannot be opened fails before Ray starts
+        open_study_storage(cfg.search.optuna_storage)
     exp, max_concurrent = prepare_run(cfg, address=address, resume=resume, preflight=preflight)
     negatives = prepare_remote(cfg, exp)
     trainable = tune.with_resources(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import unicodedata
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -36,17 +37,20 @@ SECRET_PARAMS = frozenset({"secret_key", "session_token", "access_key"})
 
 
 def check_name(name: str, what: str = "experiment name") -> str:
-    """A name is one path segment: non-empty, no ``/`` or ``\\``, not ``.`` or ``..``, no NUL,
-    at most 255 bytes (the limit of a file name on every common filesystem and of an S3 key part).
-    Raises ``ValueError`` with the rule that ``name`` breaks."""
+    """A name is one path segment: non-empty, no ``/`` or ``\\``, not ``.`` or ``..``, no control
+    character (NUL, newline, ...), no white space around it, at most 255 bytes (the limit of a
+    file name on every common filesystem and of an S3 key part). Raises ``ValueError`` with the rule that ``name`` breaks."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} is empty")
     if "/" in name or "\\" in name:
         raise ValueError(f"{what} {name!r} contains a path separator; give a name, not a path")
     if name in (".", ".."):
         raise ValueError(f"{what} {name!r} is not a name")
-    if "\x00" in name:
-        raise ValueError(f"{what} {name!r} contains a NUL byte")
+    control = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise ValueError(f"{what} {name!r} contains a control character ({control!r})")
+    if name != name.strip():
+        raise ValueError(f"{what} {name!r} starts or ends with white space")
     size = len(name.encode("utf-8"))
     if size > MAX_NAME_BYTES:
         raise ValueError(f"{what} is {size} bytes long; at most {MAX_NAME_BYTES} are allowed")

@@ -239,6 +239,39 @@ def test_set_on_a_searched_field_is_an_error(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # YAML's true is not 1: pydantic's lax mode would read it so
+        ("train.epochs=true", "train.epochs: must be a number, got true"),
+        ("eval.temperature=false", "eval.temperature: must be a number, got false"),
+        ("train.seed=-1", "train.seed: Input should be greater than or equal to 0, got -1"),
+        (
+            "train.seed=1180591620717411303424",  # 2**70: no generator takes it
+            "train.seed: Input should be less than or equal to 4294967295, got "
+            "1180591620717411303424",
+        ),
+        ("eval.scores=[mcm, energy, mcm]", "eval.scores: score 'mcm' given twice"),
+        (
+            "search.objectives=[{metric: id_acc}, {metric: id_acc, mode: min}]",
+            "search.objectives: metric 'id_acc' given twice",
+        ),
+    ],
+)
+def test_numbers_and_lists_of_the_wrong_kind(tmp_path, capsys, override, message):
+    path = _config(tmp_path)
+    assert _error(capsys, ["train", str(path), "--set", override]) == f"{path}: {message}"
+
+
+def test_seeds_of_the_commands_are_checked_like_the_configs(tmp_path, capsys):
+    assert _error(capsys, ["evaluate", *EVALUATE, "--seed", "-1"]) == (
+        "--seed must be in [0, 2**32 - 1], got -1"
+    )
+    assert _error(capsys, ["pretrain-world", "--out", str(tmp_path / "w.pt"), "--seed", "-3"]) == (
+        "--seed must be in [0, 2**32 - 1], got -3"
+    )
+
+
 # ---------------------------------------------------------------- 4. search space
 
 
@@ -273,6 +306,72 @@ def test_set_on_a_searched_field_is_an_error(tmp_path, capsys):
 def test_every_value_a_space_can_give_is_checked(tmp_path, capsys, space, message):
     path = _config(tmp_path, search={"space": space})
     assert _error(capsys, ["search", str(path)]) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        (
+            {"space": {"train.lam": {"uniform": [0, 1]}, "train.lr": -1}},
+            "search.space: train.lr: the fixed value -1 is refused: train.lr: must be > 0, got -1.0",
+        ),
+        (
+            {"space": {"train.lam": {"uniform": [0, 1]}, "search.num_samples": {"choice": [1, 2]}}},
+            "search.space: 'search.num_samples' cannot be searched: the search section belongs to "
+            "the whole search, not to one trial",
+        ),
+        (
+            {"space": {"train.lam": {"uniform": [0, 1]}}, "initial_points": [{"train.lam": 2}]},
+            "search.initial_points[0]: train.lam = 2 is outside its distribution {uniform: [0, 1]}",
+        ),
+        (
+            {
+                "space": {"train.epochs": {"choice": [1, 2]}},
+                "initial_points": [{"train.epochs": 3}],
+            },
+            "search.initial_points[0]: train.epochs = 3 is outside its distribution "
+            "{choice: [1, 2]}",
+        ),
+        (
+            {"asha": {"grace_period": 3}},
+            "search.asha.grace_period is 3 evaluations but a trial reports 1 (train.epochs 1, "
+            "eval.every_n_epochs 1): ASHA would stop no trial; lower it, or use "
+            "search.scheduler: fifo",
+        ),
+    ],
+)
+def test_space_values_points_and_rungs_are_checked(tmp_path, capsys, search, message):
+    path = _config(tmp_path, search=search)
+    assert _error(capsys, ["search", str(path)]) == f"{path}: {message}"
+
+
+def test_a_space_of_fixed_values_only_is_not_a_search(tmp_path, capsys):
+    path = _config(tmp_path, search={"space": {"train.lam": 0.5}})
+    assert _error(capsys, ["search", str(path)]) == (
+        "search.space gives only fixed values (train.lam): give at least one field a "
+        "distribution ({uniform: [low, high]}, {choice: [...]}, ...), or run the fixed values "
+        "with raymmft train"
+    )
+
+
+def test_bounds_yaml_reads_as_strings_are_numbers(tmp_path):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; the config takes it as the number it spells,
+    as it does for a plain field, and the space keeps numbers."""
+    from raymmft.config import load_config
+
+    text = (
+        _config(tmp_path)
+        .read_text()
+        .replace("uniform:\n      - 0.0\n      - 1.0", "loguniform: [1e-4, 3e-1]")
+    )
+    assert "loguniform: [1e-4, 3e-1]" in text
+    path = tmp_path / "strings.yaml"
+    path.write_text(text + "\n")
+    assert yaml.safe_load(text)["search"]["space"]["train.lam"] == {"loguniform": ["1e-4", "3e-1"]}
+    cfg = load_config(path)
+    assert cfg.search.space["train.lam"] == {"loguniform": [1e-4, 0.3]}
+    dist = cfg.search.distributions["train.lam"]
+    assert dist.extremes() == [1e-4, 0.3] and dist.contains(0.01) and not dist.contains(0.5)
 
 
 def test_a_choice_of_architectures_is_checked_before_any_trial(tmp_path, capsys):
@@ -341,6 +440,28 @@ def test_gpus_without_gpus_per_worker(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("address", ["not a host", "127.0.0.1:99999", "head-node", ":6379"])
+def test_an_address_that_is_not_one(tmp_path, capsys, address):
+    import ray
+
+    path = _config(tmp_path)
+    assert _error(capsys, ["search", str(path), "--address", address]) == (
+        f"--address {address!r}: expected 'auto', HOST:PORT or ray://HOST:PORT (a port in 1-65535)"
+    )
+    assert not ray.is_initialized()
+
+
+def test_an_optuna_storage_that_cannot_be_opened(tmp_path, capsys):
+    import ray
+
+    path = _config(tmp_path, search={"optuna_storage": "nosuchdb://host/study"})
+    assert _error(capsys, ["search", str(path)]) == (
+        "search.optuna_storage 'nosuchdb://host/study': cannot open the study storage (Can't "
+        "load plugin: sqlalchemy.dialects:nosuchdb)"
+    )
+    assert not ray.is_initialized() and not (tmp_path / "results").exists()
+
+
 @pytest.mark.slow  # a fresh interpreter through the CLI
 def test_an_unreachable_cluster_fails_fast(tmp_path):
     path = _config(tmp_path)
@@ -402,6 +523,61 @@ def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
     )
 
 
+def test_a_key_given_twice_in_the_yaml(tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys without a word; the config refuses it."""
+    path = _config(tmp_path)
+    text = path.read_text()
+    lines = text.splitlines()
+    path.write_text(text + "model: {arch: raymmft-small}\n")
+    assert _error(capsys, ["search", str(path)]) == (
+        f"{path}: YAML syntax error at line {len(lines) + 1}, column 1: key 'model' given twice "
+        "in one mapping"
+    )
+    merged = tmp_path / "merge.yaml"  # a merge key (<<) still overrides, as YAML says
+    merged.write_text(
+        "base: &b {arch: raymmft-tiny, temperature: 0.05}\nmodel: {<<: *b, temperature: 0.1}\n"
+    )
+    from raymmft.config import UniqueKeyLoader
+
+    assert yaml.load(merged.read_text(), Loader=UniqueKeyLoader)["model"]["temperature"] == 0.1
+
+
+def test_a_set_value_that_is_not_yaml(tmp_path, capsys):
+    path = _config(tmp_path)
+    assert _error(capsys, ["search", str(path), "--set", "train.lr=[1"]) == (
+        "--set train.lr: cannot parse value '[1' as YAML: expected ',' or ']', but got "
+        "'<stream end>'"
+    )
+
+
+def test_more_outputs_and_options_checked_before_the_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert _error(capsys, ["compare-world", "--out", str(tmp_path), "--lams", "0"]) == (
+        f"--out {tmp_path}: is a directory, not a file"
+    )
+    assert _error(capsys, ["compare-world", "--threads", "0"]) == "--threads must be >= 1, got 0"
+    assert _error(capsys, ["evaluate", *EVALUATE, "--neg-cache", str(blocker)]) == (
+        f"--neg-cache {blocker}: is a file, not a directory"
+    )
+    assert _error(capsys, ["evaluate", *EVALUATE, "--device", "tpu"]) == (
+        "--device 'tpu': expected auto, cpu, cuda, cuda:N or mps"
+    )
+    if not torch.cuda.is_available():
+        assert _error(capsys, ["evaluate", *EVALUATE, "--device", "cuda:1"]) == (
+            "--device cuda:1: no CUDA GPU is visible here; use --device cpu"
+        )
+    folder = tmp_path / "folder"
+    (folder / "cat").mkdir(parents=True)
+    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(folder / "cat" / "0.png")
+    inside = folder / "shards"
+    assert _error(capsys, ["convert-parquet", str(folder), str(inside)]) == (
+        f"OUT {inside} is inside ROOT {folder}: the shards would become a class folder of the "
+        "ImageFolder; write them elsewhere"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["cat"]
+
+
 def test_a_name_too_long_for_a_file(tmp_path, capsys):
     path = _config(tmp_path)
     assert _error(capsys, ["search", str(path), "--name", "x" * 300]) == (
@@ -415,6 +591,78 @@ def test_a_name_too_long_for_a_file(tmp_path, capsys):
 def test_an_empty_name(tmp_path, capsys):
     path = _config(tmp_path)
     assert _error(capsys, ["search", str(path), "--name", ""]) == "--name: experiment name is empty"
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("   ", "experiment name '   ' starts or ends with white space"),
+        (" demo", "experiment name ' demo' starts or ends with white space"),
+        ("a\nb", "experiment name 'a\\nb' contains a control character ('\\n')"),
+        ("a\x00b", "experiment name 'a\\x00b' contains a control character ('\\x00')"),
+    ],
+)
+def test_a_name_that_is_blank_or_holds_control_characters(tmp_path, capsys, name, message):
+    path = _config(tmp_path)
+    assert _error(capsys, ["search", str(path), "--name", name]) == f"--name: {message}"
+
+
+def _image_folder(root: Path, classes) -> Path:
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            __import__("PIL.Image").Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(
+                root / c / f"{i}.png"
+            )
+    return root
+
+
+def test_an_id_set_of_one_class(tmp_path, capsys):
+    one = _image_folder(tmp_path / "one", ["cat"])
+    ood = "builtin:shapes?split=test&classes=far_ood&per_class=2"
+    argv = ["evaluate", "--arch", "raymmft-tiny", "--id", f"imagefolder:{one}", "--ood", ood]
+    assert _error(capsys, argv) == (
+        f"--id 'imagefolder:{one}' has 1 class (cat); an ID set needs at least 2 (classification "
+        "and the contrastive loss compare classes)"
+    )
+    path = _config(tmp_path, data={"id_train": f"imagefolder:{one}"})
+    assert _error(capsys, ["search", str(path)]) == (
+        f"data.id_train (imagefolder:{one}) has 1 class (cat); an ID set needs at least 2 "
+        "(classification and the contrastive loss compare classes)"
+    )
+
+
+@pytest.mark.parametrize("val_classes", [["cat", "cow"], ["cat", "cow", "dog"]])
+def test_an_id_validation_set_with_other_classes(tmp_path, capsys, val_classes):
+    train = _image_folder(tmp_path / "train", ["cat", "dog"])
+    val = _image_folder(tmp_path / "val", val_classes)
+    data = {"id_train": f"imagefolder:{train}", "id_val": f"imagefolder:{val}"}
+    path = _config(tmp_path, data=data, train={"batch_size": 2})
+    shown = ", ".join(val_classes)
+    assert _error(capsys, ["search", str(path)]) == (
+        f"data.id_val (imagefolder:{val}) has the classes [{shown}] but data.id_train has "
+        "[cat, dog]: the ID validation set needs the same classes in the same order (give both "
+        "the same classnames_file)"
+    )
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_parquet_image_that_is_null(tmp_path, capsys):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    (tmp_path / "pq").mkdir()
+    images = pa.array([buf.getvalue(), None], pa.binary())
+    pq.write_table(pa.table({"image": images, "label": [0, 1]}), tmp_path / "pq" / "a.parquet")
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    spec = f"parquet:{tmp_path / 'pq'}?classnames_file={tmp_path / 'names.txt'}&name=p"
+    argv = ["evaluate", *EVALUATE[:4], "--ood", spec, "--scores", "mcm", "--no-progress"]
+    assert _error(capsys, argv) == f"cannot read image {tmp_path / 'pq'}#1: no image bytes (null)"
 
 
 def test_convert_parquet_refuses_a_folder_that_holds_other_files(tmp_path, capsys):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from raymmft.errors import ConfigError
 
@@ -59,12 +58,19 @@ def _lams(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raymmft.storage import check_output
+
     lams = _lams(args.lams)
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.out:
+        check_output(args.out, "--out", directory=False)
     overrides = [*args.overrides, f"train.seed={args.seed}"]
 
     import torch
 
     from raymmft.config import load_config, parse_overrides
+    from raymmft.storage import Location
     from raymmft.world.compare import (
         FINE_GRAINED_ID_CONCEPTS,
         compare_methods,
@@ -96,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(markdown_table(rows, names))
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        Location.parse(args.out).write_text(json.dumps(rows, indent=2) + "\n")
         print(f"\nwrote {args.out}")
     return 0

@@ -7,6 +7,9 @@ names in the schema metadata; ``OUT`` may be a local folder or an object-store U
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from raymmft.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from raymmft.storage import check_output
 
-    check_output(args.out, "OUT", directory=True, empty=True)
+    out = check_output(args.out, "OUT", directory=True, empty=True)
+    if out.is_local:
+        root, target = Path(args.root).resolve(), out.local_path.resolve()
+        if target == root or root in target.parents:
+            raise ConfigError(
+                f"OUT {args.out} is inside ROOT {args.root}: the shards would become a class "
+                "folder of the ImageFolder; write them elsewhere"
+            )
     from raymmft.data.parquet import (
         imagefolder_to_parquet,
         open_parquet_dataset,

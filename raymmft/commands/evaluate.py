@@ -133,6 +133,32 @@ def eval_settings(args: argparse.Namespace):
         raise ConfigError(f"{flag}: {msg}") from None
 
 
+def resolve_device(name: str) -> str:
+    """``--device``: ``auto`` (CUDA when a GPU is visible), ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``, checked against what this machine has before any work."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"--device {name}: only {count} CUDA GPU(s) are visible (cuda:0 to cuda:{count - 1})"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu")
+    return name
+
+
 def _parse_spec(text: str, option: str):
     from pydantic import ValidationError
 
@@ -151,6 +177,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output(args.out, "--out", directory=False)
+    cache = None if args.neg_cache in (None, "", "none") else args.neg_cache
+    if cache is not None:
+        check_output(cache, "--neg-cache", directory=True)
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
+    device = resolve_device(args.device)
     settings = eval_settings(args)
     id_spec = _parse_spec(args.id_set, "--id")
     ood_specs = [_parse_spec(text, "--ood") for text in args.ood_sets]
@@ -171,25 +203,25 @@ def run(args: argparse.Namespace) -> int:
 
     from raymmft.checkpoint import load_weights
     from raymmft.corpora import resolve_corpus
-    from raymmft.data import open_dataset
+    from raymmft.data import open_dataset, require_id_classes
     from raymmft.evaluation import Evaluator, format_table, write_json
     from raymmft.model import build_model
     from raymmft.preflight import check_model
 
     check_model(args.arch, args.pretrained)  # weights that do not load: one line, now
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
     bundle = build_model(args.arch, args.pretrained, precision=args.precision, device=device)
+    weights = args.pretrained or f"random init (seed {args.seed})"
+    checkpoint = f", checkpoint {args.checkpoint}" if args.checkpoint else ""
+    print(f"model: {args.arch}, weights {weights}{checkpoint}, on {device}")
     id_set = open_dataset(id_spec, bundle.preprocess_eval)
+    require_id_classes(id_set, f"--id {args.id_set!r}")
     classnames = list(id_set.classnames)
     ood_sets = {
         name: open_dataset(spec, bundle.preprocess_eval, id_classnames=classnames)
         for name, spec in zip(names, ood_specs)
     }
     corpus = resolve_corpus(settings.neglabel) if "neglabel" in settings.scores else None
-    cache = None if args.neg_cache in (None, "", "none") else args.neg_cache
     # the scores' setup (NegLabel's mining) runs with the starting model
     evaluator = Evaluator(
         settings,

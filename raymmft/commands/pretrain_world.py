@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must name a .pt file, got {out}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
+    from raymmft.storage import check_output
+
+    check_output(str(out), "--out", directory=False)
 
     from raymmft.model import build_model
     from raymmft.world import WORLD_METRICS

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_for_run(args: argparse.Namespace, *, search: bool = True):
     """The config of a new run (CONFIG + overrides) or of the experiment being resumed. A search
     refuses a ``--set`` on a searched field (``search=False``: a training run allows it)."""
-    from raymmft.config import check_not_searched, load_config, load_experiment_config
+    from raymmft.config import check_searchable, load_config, load_experiment_config
     from raymmft.errors import ConfigError
     from raymmft.storage import check_name
 
@@ -57,7 +57,7 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
         fields["storage.path"] = args.storage
     cfg = load_config(args.config, args.overrides, fields=fields)
     if search:
-        check_not_searched(cfg, args.overrides)
+        check_searchable(cfg, args.overrides)
     return cfg
 
 

@@ -15,6 +15,7 @@ _LAZY = {
     "open_dataset": "raymmft.data.loading",
     "build_loader": "raymmft.data.loading",
     "per_worker_batch": "raymmft.data.loading",
+    "require_id_classes": "raymmft.data.loading",
     "LabeledImageDataset": "raymmft.data.dataset",
 }
 

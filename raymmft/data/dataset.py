@@ -42,8 +42,10 @@ def image_problem(data: bytes | str | Path | None, *, full_decode: bool) -> str 
     return None
 
 
-def decode_image(data: bytes | str | Path, where: str) -> Image.Image:
+def decode_image(data: bytes | str | Path | None, where: str) -> Image.Image:
     """Decode encoded bytes or a file path to an RGB image, or raise DataError naming ``where``."""
+    if data is None:
+        raise DataError(f"cannot read image {where}: no image bytes (null)")
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
             return image.convert("RGB")

@@ -78,6 +78,17 @@ def open_dataset(
     return open_parquet(spec, transform, id_classnames=id_classnames, check=check)
 
 
+def require_id_classes(dataset: LabeledImageDataset, where: str) -> None:
+    """An ID set names at least two classes: with one, every image is classified correctly and
+    the contrastive loss has no other prompt to contrast with."""
+    n = len(dataset.classnames)
+    if n < 2:
+        raise DataError(
+            f"{where} has {n} class{'' if n == 1 else 'es'} ({', '.join(dataset.classnames)}); "
+            "an ID set needs at least 2 (classification and the contrastive loss compare classes)"
+        )
+
+
 def per_worker_batch(global_batch: int, world_size: int) -> int:
     """The batch each of ``world_size`` workers loads so that together they form ``global_batch``
     (the loss gathers features across workers, so the global batch is what the method sees)."""
