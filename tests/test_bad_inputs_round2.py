@@ -578,6 +578,32 @@ def test_more_outputs_and_options_checked_before_the_work(tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == ["cat"]
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["evaluate", *EVALUATE, "--batch-size", "abc"],
+            "raymmft evaluate: argument --batch-size: invalid int value: 'abc' (see raymmft "
+            "evaluate --help)",
+        ),
+        (
+            ["evaluate", "--arch", "raymmft-tiny", "--id", "builtin:shapes"],
+            "raymmft evaluate: the following arguments are required: --ood (see raymmft "
+            "evaluate --help)",
+        ),
+        (
+            ["search", "--set"],
+            "raymmft search: argument --set: expected one argument (see raymmft search --help)",
+        ),
+    ],
+)
+def test_a_flag_the_parser_refuses_is_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
 def test_a_name_too_long_for_a_file(tmp_path, capsys):
     path = _config(tmp_path)
     assert _error(capsys, ["search", str(path), "--name", "x" * 300]) == (
