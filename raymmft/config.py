@@ -484,22 +484,7 @@ class Config(_Section):
             dist = Distribution.parse(key, spec) or Distribution("fixed", (spec,))
             self._check_searched(key, dist)
         self._check_initial_points()
-        self._check_grace_period()
         return self
-
-    def _check_grace_period(self) -> None:
-        """ASHA's first rung after more evaluations than a trial reports would stop no trial."""
-        searched = {"train.epochs", "eval.every_n_epochs"} & set(self.search.distributions)
-        if self.search.scheduler != "asha" or searched:
-            return
-        e, k = self.train.epochs, self.eval.every_n_epochs
-        reports = e // k + (1 if e % k else 0)
-        if self.search.asha.grace_period > reports:
-            raise ValueError(
-                f"search.asha.grace_period is {self.search.asha.grace_period} evaluations but a "
-                f"trial reports {reports} (train.epochs {e}, eval.every_n_epochs {k}): ASHA would "
-                "stop no trial; lower it, or use search.scheduler: fifo"
-            )
 
     def _check_searched(self, key: str, dist: Distribution) -> None:
         """Every value ``dist`` can give at its extremes validates as the field it searches."""

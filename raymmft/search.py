@@ -249,12 +249,19 @@ def make_scheduler(cfg: Config):
     if cfg.search.scheduler == "fifo":
         return FIFOScheduler()
     a = cfg.search.asha
+    reports = num_reports(cfg)
+    if a.grace_period > reports:  # a quick run (--set train.epochs=1): run it, and say so
+        print(
+            f"note: search.asha.grace_period is {a.grace_period} evaluations but a trial reports "
+            f"{reports} (train.epochs {cfg.train.epochs}, eval.every_n_epochs "
+            f"{cfg.eval.every_n_epochs}): ASHA stops no trial in this search"
+        )
     return ASHAScheduler(
         time_attr="training_iteration",
         metric=a.metric,
         mode=a.mode,
-        max_t=num_reports(cfg),
-        grace_period=min(a.grace_period, num_reports(cfg)),
+        max_t=reports,
+        grace_period=min(a.grace_period, reports),
         reduction_factor=a.reduction_factor,
     )
 

@@ -332,17 +332,26 @@ def test_every_value_a_space_can_give_is_checked(tmp_path, capsys, space, messag
             "search.initial_points[0]: train.epochs = 3 is outside its distribution "
             "{choice: [1, 2]}",
         ),
-        (
-            {"asha": {"grace_period": 3}},
-            "search.asha.grace_period is 3 evaluations but a trial reports 1 (train.epochs 1, "
-            "eval.every_n_epochs 1): ASHA would stop no trial; lower it, or use "
-            "search.scheduler: fifo",
-        ),
     ],
 )
 def test_space_values_points_and_rungs_are_checked(tmp_path, capsys, search, message):
     path = _config(tmp_path, search=search)
     assert _error(capsys, ["search", str(path)]) == f"{path}: {message}"
+
+
+def test_a_grace_period_past_the_last_report_is_stated(tmp_path, capsys):
+    """A quick run (``--set train.epochs=1``) of a config whose ASHA waits 3 evaluations runs,
+    and says that ASHA stops nothing, instead of clamping without a word."""
+    from raymmft.config import load_config
+    from raymmft.search import make_scheduler
+
+    cfg = load_config(_config(tmp_path, search={"asha": {"grace_period": 3}}))
+    scheduler = make_scheduler(cfg)
+    assert scheduler._max_t == 1
+    assert capsys.readouterr().out == (
+        "note: search.asha.grace_period is 3 evaluations but a trial reports 1 (train.epochs 1, "
+        "eval.every_n_epochs 1): ASHA stops no trial in this search\n"
+    )
 
 
 def test_a_space_of_fixed_values_only_is_not_a_search(tmp_path, capsys):
