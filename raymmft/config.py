@@ -757,6 +757,19 @@ def load_experiment_config(experiment: str | Location) -> Config:
                     f"cannot resume {experiment}: {item} {reason}; resume loads Tune's pickled "
                     "state, so it resumes only an experiment no one else can change (chmod -R go-w)"
                 )
+    newest = sorted(states)[-1]  # the one Tune restores from
+    try:
+        state = json.loads(exp.join(newest).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, StorageError) as exc:
+        raise ConfigError(
+            f"cannot resume {experiment}: its Tune state {newest} cannot be read "
+            f"({str(exc).splitlines()[0][:120]}); the file is damaged"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
+        raise ConfigError(
+            f"cannot resume {experiment}: its Tune state {newest} holds no trial list; the file "
+            "is damaged, or from another Ray version"
+        )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -221,6 +221,13 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
+            if "TorchScript" in str(exc):
+                raise ModelError(
+                    f"cannot load pretrained weights {path}: a TorchScript archive (OpenAI's "
+                    "original checkpoint format), which open_clip reads only through "
+                    "open_clip.load_openai_model; save its state dict once and give that file "
+                    "(README, Pretrained weights)"
+                ) from None
             raise ModelError(
                 f"cannot load pretrained weights {path}: not a PyTorch state dict file "
                 f"({_reason(exc)})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shlex
 import time
 import warnings
@@ -562,9 +563,16 @@ def run_search(
         {"cpu": 0, "memory": 1},
     )
     if resume:
-        tuner = tune.Tuner.restore(
-            exp.uri, trainable=trainable, resume_unfinished=True, restart_errored=False
-        )
+        try:
+            tuner = tune.Tuner.restore(
+                exp.uri, trainable=trainable, resume_unfinished=True, restart_errored=False
+            )
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+            raise ConfigError(
+                f"cannot resume {exp.uri}: Tune's pickled state (tuner.pkl) cannot be read "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                "the file is damaged"
+            ) from None
     else:
         tuner = tune.Tuner(
             trainable,

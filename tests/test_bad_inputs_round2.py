@@ -109,6 +109,50 @@ def test_resume_refuses_an_experiment_others_can_write(tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "state, reason",
+    [
+        (
+            '{"trial_data": [',
+            "cannot be read (Expecting value: line 1 column 17 (char 16)); the file is damaged",
+        ),
+        ("[1, 2]", "holds no trial list; the file is damaged, or from another Ray version"),
+    ],
+)
+def test_resume_refuses_a_damaged_tune_state(tmp_path, capsys, state, reason):
+    """A state file cut off by a killed driver (or not Tune's) is refused before Ray starts."""
+    import ray
+
+    exp, marker = _planted_experiment(tmp_path, with_state=True)
+    name = "experiment_state-2026-12-02_00-00-00.json"  # the newest: the one Tune restores
+    (exp / name).write_text(state)
+    msg = _error(capsys, ["search", "--resume", str(exp)])
+    assert msg == f"cannot resume {exp}: its Tune state {name} {reason}"
+    assert not marker.exists() and not ray.is_initialized()
+
+
+@pytest.mark.ray
+def test_resume_of_a_damaged_tuner_pkl_is_one_line(tmp_path):
+    exp, _ = _planted_experiment(tmp_path, with_state=True)
+    (exp / "tuner.pkl").write_bytes(b"\x80\x05\x95")  # cut off while written
+    before = sorted(p.name for p in exp.iterdir())
+    result = subprocess.run(
+        [sys.executable, "-m", "raymmft.cli", "search", "--resume", str(exp)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: cannot resume {exp}: Tune's pickled state (tuner.pkl) cannot be read "
+        "(UnpicklingError: pickle data was truncated); the file is damaged"
+    )
+    assert "Traceback" not in result.stderr
+    assert (exp / "tuner.pkl").read_bytes() == b"\x80\x05\x95"
+    assert set(before) <= {p.name for p in exp.iterdir()}  # nothing of it removed
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_resume_refuses_an_experiment_of_another_user(tmp_path, capsys):
     exp, marker = _planted_experiment(tmp_path, with_state=True)
@@ -166,6 +210,17 @@ def test_weights_that_do_not_load(tmp_path, capsys, name, content, message):
     path = _weights(tmp_path, name, content)
     msg = _error(capsys, ["evaluate", *EVALUATE, "--pretrained", str(path)])
     assert msg.startswith(message.format(p=path)), msg
+
+
+def test_weights_in_a_torchscript_archive(tmp_path, capsys):
+    """OpenAI's original checkpoints are TorchScript archives: the error says how to convert one."""
+    path = tmp_path / "ViT-B-16.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    assert _error(capsys, ["evaluate", *EVALUATE, "--pretrained", str(path)]) == (
+        f"cannot load pretrained weights {path}: a TorchScript archive (OpenAI's original "
+        "checkpoint format), which open_clip reads only through open_clip.load_openai_model; "
+        "save its state dict once and give that file (README, Pretrained weights)"
+    )
 
 
 def test_weights_of_another_architecture(tmp_path, capsys):
