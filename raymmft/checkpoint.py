@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from raymmft.errors import ModelError, StorageError
+from raymmft.errors import ModelError, StorageError, first_line
 from raymmft.storage import Location
 
 CHECKPOINT_FILE = "state.pt"
@@ -52,8 +52,7 @@ def read_torch_file(location: str | Location, what: str = "checkpoint") -> objec
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot read {what} {location}: {reason}") from None
+        raise ModelError(f"cannot read {what} {location}: {first_line(exc)}") from None
 
 
 def load_state(checkpoint: str | Location) -> dict:

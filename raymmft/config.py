@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from raymmft.data import DataConfig
-from raymmft.errors import ConfigError, StorageError
+from raymmft.errors import ConfigError, StorageError, first_line
 from raymmft.ood.corpus import check_categories
 from raymmft.storage import Location, check_name, untrusted
 from raymmft.text import check_template
@@ -57,7 +57,8 @@ TRAINING_METRICS: tuple[str, ...] = (
 # does); a temperature outside [0.01, 1] would be changed without a word, so it is refused.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
 # a seed is what every generator takes: torch, numpy and Python's random all accept [0, 2**32)
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 # the sections that belong to the whole search, not to one trial: they cannot be searched
 NOT_SEARCHABLE = ("search", "storage")
 # validation context of one candidate value of a searched field (Config._check_searched)
@@ -152,6 +153,18 @@ class Distribution:
         if self.name == "randint":
             return [int(self.args[0]), int(self.args[1]) - 1]
         return [self.args[0], self.args[1]]
+
+
+def check_seed(value: int, flag: str) -> int:
+    """A seed given by a command-line flag, by the rule of the config's ``Seed`` fields."""
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{flag} must be in [0, 2**32 - 1], got {value}")
+    return value
+
+
+def _first_repeat(items: list) -> Any:
+    """The first item that comes again later in ``items`` (``None`` when each is there once)."""
+    return next((x for i, x in enumerate(items) if x in items[:i]), None)
 
 
 def _is_number(x: Any) -> bool:
@@ -277,7 +290,7 @@ class EvalConfig(_Section):
     @field_validator("scores")
     @classmethod
     def _each_score_once(cls, v):
-        twice = next((s for i, s in enumerate(v) if s in v[:i]), None)
+        twice = _first_repeat(v)
         if twice is not None:
             raise ValueError(f"score '{twice}' given twice")
         return v
@@ -378,8 +391,7 @@ class SearchConfig(_Section):
     def _some_objective(cls, v):
         if not v:
             raise ValueError("at least one objective is needed")
-        metrics = [o.metric for o in v]
-        twice = next((m for i, m in enumerate(metrics) if m in metrics[:i]), None)
+        twice = _first_repeat([o.metric for o in v])
         if twice is not None:
             raise ValueError(f"metric '{twice}' given twice")
         return v
@@ -763,7 +775,7 @@ def load_experiment_config(experiment: str | Location) -> Config:
     except (json.JSONDecodeError, UnicodeDecodeError, StorageError) as exc:
         raise ConfigError(
             f"cannot resume {experiment}: its Tune state {newest} cannot be read "
-            f"({str(exc).splitlines()[0][:120]}); the file is damaged"
+            f"({first_line(exc, 120)}); the file is damaged"
         ) from None
     if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
         raise ConfigError(

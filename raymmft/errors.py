@@ -39,3 +39,10 @@ def short_list(names, shown: int = 4) -> str:
     names = [str(n) for n in names]
     more = f", ... ({len(names)} in all)" if len(names) > shown else ""
     return "[" + ", ".join(names[:shown]) + more + "]"
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to
+    ``limit`` characters: what a one-line error quotes of a library's exception."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raymmft.config import OOD_METRICS
+from raymmft.data.loading import require_same_classes
 from raymmft.distributed import gather_rows, shard_bounds
-from raymmft.errors import DataError, short_list
 from raymmft.ood.embed import CachedTokenizer, TextEncoder, class_text_features, encode_images
 from raymmft.ood.metrics import accuracy, ood_metrics
 from raymmft.ood.scores import SCORES, ScoreContext, clip_logits, get_score
@@ -235,12 +235,8 @@ class Evaluator:
             raise ValueError("need at least one OoD set to evaluate OoD detection")
         self.settings, self.bundle, self.device = settings, bundle, torch.device(device)
         self.classnames = list(classnames)
-        own = getattr(id_set, "classnames", None)
-        if own is not None and list(own) != self.classnames:
-            raise DataError(
-                f"the ID evaluation set's classes {short_list(own)} are not the ID classes "
-                f"{short_list(self.classnames)}: its labels would index the wrong class prompts"
-            )
+        if hasattr(id_set, "classnames"):
+            require_same_classes(id_set, self.classnames, "the ID evaluation set", "the ID classes")
         self.rank, self.world_size, self.num_workers, self.out = rank, world_size, num_workers, out
         self.scores, self.primary = _check_scores(settings.scores, settings.ood_score)
         self.sets = {"ID": id_set, **ood_sets}

@@ -23,7 +23,7 @@ from typing import Literal
 import open_clip
 import torch
 
-from raymmft.errors import ModelError
+from raymmft.errors import ModelError, first_line
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "assets" / "model_configs"
 BUILTIN_ARCHS = tuple(sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json")))
@@ -158,7 +158,7 @@ def build_model(
             raise
         if Path(weights).is_file():
             check_weights_file(arch, weights)  # the precise reason, when there is one
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = first_line(exc)
         raise ModelError(
             f"could not load pretrained weights '{weights}' for {arch}: {reason}; {_pretrained_help(arch)}"
         ) from exc
@@ -215,7 +215,7 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             payload = load_file(str(path))
         except Exception as exc:
             raise ModelError(
-                f"cannot load pretrained weights {path}: not a safetensors file ({_reason(exc)})"
+                f"cannot load pretrained weights {path}: not a safetensors file ({first_line(exc, 160)})"
             ) from None
     else:
         try:
@@ -230,7 +230,7 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 ) from None
             raise ModelError(
                 f"cannot load pretrained weights {path}: not a PyTorch state dict file "
-                f"({_reason(exc)})"
+                f"({first_line(exc, 160)})"
             ) from None
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
@@ -242,10 +242,6 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not tensors:
         raise ModelError(f"pretrained weights {path} hold no tensors")
     return {k.removeprefix("module."): v for k, v in tensors.items()}
-
-
-def _reason(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def check_weights_file(arch: str, path: str | os.PathLike) -> None:

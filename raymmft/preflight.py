@@ -10,8 +10,13 @@ from itertools import product
 from pathlib import Path
 
 from raymmft.config import Config
-from raymmft.data import open_dataset, per_worker_batch, require_id_classes
-from raymmft.errors import ConfigError, DataError, ModelError, short_list
+from raymmft.data import (
+    open_dataset,
+    per_worker_batch,
+    require_id_classes,
+    require_same_classes,
+)
+from raymmft.errors import ConfigError, DataError, ModelError
 from raymmft.model import check_model_spec, check_weights_file
 
 
@@ -64,12 +69,8 @@ def preflight(cfg: Config) -> None:
         dataset = open_dataset(spec, None, id_classnames=train.classnames, check=True)
         if len(dataset) == 0:
             raise DataError(f"{where} ({spec}) holds no images")
-        if where == "data.id_val" and list(dataset.classnames) != list(train.classnames):
-            raise DataError(
-                f"data.id_val ({spec}) has the classes {short_list(dataset.classnames)} but "
-                f"data.id_train has {short_list(train.classnames)}: the ID validation set needs the "
-                "same classes in the same order (give both the same classnames_file)"
-            )
+        if where == "data.id_val":
+            require_same_classes(dataset, train.classnames, f"{where} ({spec})", "data.id_train")
     if "neglabel" in cfg.eval.scores:
         from raymmft.corpora import resolve_corpus
 

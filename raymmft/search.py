@@ -35,7 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raymmft.config import EXPERIMENT_CONFIG_FILE as CONFIG_FILE
 from raymmft.config import Config, apply_trial_params, flatten_fields
-from raymmft.errors import ConfigError, RunFailedError
+from raymmft.errors import ConfigError, RunFailedError, first_line
 from raymmft.results.experiment import (
     OPTUNA_JOURNAL,
     TENSORBOARD_DIR,
@@ -130,9 +130,8 @@ def open_study_storage(spec: str):
         try:
             return optuna.storages.RDBStorage(spec)
         except Exception as exc:  # SQLAlchemy: unknown dialect, missing driver, unreachable server
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ConfigError(
-                f"search.optuna_storage {spec!r}: cannot open the study storage ({reason})"
+                f"search.optuna_storage {spec!r}: cannot open the study storage ({first_line(exc)})"
             ) from None
     os.makedirs(os.path.dirname(spec), exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(spec))
@@ -446,7 +445,7 @@ def init_ray(address: str | None) -> None:
             ray.init(address=address)
         except ConnectionError as exc:
             raise ConfigError(
-                f"cannot reach a Ray cluster at {address} ({str(exc).strip().splitlines()[0][:160]}); "
+                f"cannot reach a Ray cluster at {address} ({first_line(exc, 160)}); "
                 f"start one with `ray start --head`, or leave out --address to start Ray here"
             ) from None
     else:
@@ -570,7 +569,7 @@ def run_search(
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
             raise ConfigError(
                 f"cannot resume {exp.uri}: Tune's pickled state (tuner.pkl) cannot be read "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                f"({type(exc).__name__}: {first_line(exc, 120)}); "
                 "the file is damaged"
             ) from None
     else:

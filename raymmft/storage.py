@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from raymmft.errors import StorageError
+from raymmft.errors import StorageError, first_line
 
 MAX_NAME_BYTES = 255
 # Stores where a directory is a key prefix: nothing to create before writing under it.
@@ -103,11 +103,6 @@ def untrusted(path: Path) -> str | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 _FILESYSTEMS: dict[tuple[str, str, str], tuple] = {}
 
 
@@ -124,7 +119,7 @@ def _filesystem(location: Location):
             try:
                 fs, path = pafs.FileSystem.from_uri(location.uri)
             except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-                raise StorageError(f"cannot open {location}: {_first_line(exc)}") from None
+                raise StorageError(f"cannot open {location}: {first_line(exc, 300)}") from None
             path = path.rstrip("/")
             if location.path and not path.endswith(location.path.rstrip("/")):
                 raise StorageError(f"cannot map {location} onto its filesystem ({path})")
@@ -265,7 +260,7 @@ class Location:
         try:
             return self.filesystem.get_file_info(self.fs_path)
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot read {self}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot read {self}: {first_line(exc, 300)}") from None
 
     def exists(self) -> bool:
         import pyarrow.fs as pafs
@@ -290,7 +285,7 @@ class Location:
             selector = pafs.FileSelector(self.fs_path, allow_not_found=True)
             return self.filesystem.get_file_info(selector)
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot list {self}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot list {self}: {first_line(exc, 300)}") from None
 
     def children(self) -> dict[str, Location]:
         """``{name: location}`` of the entries directly in this directory."""
@@ -308,7 +303,7 @@ class Location:
         try:
             self.filesystem.create_dir(self.fs_path, recursive=True)
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot create {self}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot create {self}: {first_line(exc, 300)}") from None
         return self
 
     def read_bytes(self) -> bytes:
@@ -318,7 +313,7 @@ class Location:
         except FileNotFoundError:
             raise StorageError(f"not found: {self}") from None
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot read {self}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot read {self}: {first_line(exc, 300)}") from None
 
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8", errors="replace")
@@ -339,7 +334,7 @@ class Location:
             if target != self.fs_path:
                 fs.move(target, self.fs_path)
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot write {self}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot write {self}: {first_line(exc, 300)}") from None
         return self
 
     def write_text(self, text: str) -> Location:
@@ -349,7 +344,7 @@ class Location:
         try:
             self.filesystem.delete_file(self.fs_path)
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot delete {self}: {_first_line(exc)}") from None
+            raise StorageError(f"cannot delete {self}: {first_line(exc, 300)}") from None
 
     def upload_dir(self, local_dir: str | os.PathLike) -> None:
         """Copy a local directory's files into this directory (overwriting)."""
@@ -364,7 +359,9 @@ class Location:
                 destination_filesystem=self.filesystem,
             )
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot copy {local_dir} to {self}: {_first_line(exc)}") from None
+            raise StorageError(
+                f"cannot copy {local_dir} to {self}: {first_line(exc, 300)}"
+            ) from None
 
     def download_dir(self, local_dir: str | os.PathLike) -> None:
         """Copy this directory's files into a local directory."""
@@ -378,4 +375,6 @@ class Location:
                 destination_filesystem=pafs.LocalFileSystem(),
             )
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot copy {self} to {local_dir}: {_first_line(exc)}") from None
+            raise StorageError(
+                f"cannot copy {self} to {local_dir}: {first_line(exc, 300)}"
+            ) from None

@@ -173,6 +173,7 @@ def _parse_spec(text: str, option: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from raymmft.config import check_seed
     from raymmft.storage import check_output
 
     if args.out:
@@ -180,8 +181,7 @@ def run(args: argparse.Namespace) -> int:
     cache = None if args.neg_cache in (None, "", "none") else args.neg_cache
     if cache is not None:
         check_output(cache, "--neg-cache", directory=True)
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
+    check_seed(args.seed, "--seed")
     device = resolve_device(args.device)
     settings = eval_settings(args)
     id_spec = _parse_spec(args.id_set, "--id")

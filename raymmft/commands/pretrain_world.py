@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must name a .pt file, got {out}")
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
+    from raymmft.config import check_seed
+
+    check_seed(args.seed, "--seed")
     from raymmft.storage import check_output
 
     check_output(str(out), "--out", directory=False)

@@ -16,6 +16,7 @@ _LAZY = {
     "build_loader": "raymmft.data.loading",
     "per_worker_batch": "raymmft.data.loading",
     "require_id_classes": "raymmft.data.loading",
+    "require_same_classes": "raymmft.data.loading",
     "LabeledImageDataset": "raymmft.data.dataset",
 }
 

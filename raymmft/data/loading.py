@@ -18,7 +18,7 @@ from raymmft.data import digits, shapes
 from raymmft.data.dataset import ArrayImageDataset, LabeledImageDataset
 from raymmft.data.selection import select_samples
 from raymmft.data.spec import DatasetSpec
-from raymmft.errors import ConfigError, DataError
+from raymmft.errors import ConfigError, DataError, short_list
 
 
 def open_shapes(spec: DatasetSpec, transform, *, id_classnames=None) -> ArrayImageDataset:
@@ -86,6 +86,17 @@ def require_id_classes(dataset: LabeledImageDataset, where: str) -> None:
         raise DataError(
             f"{where} has {n} class{'' if n == 1 else 'es'} ({', '.join(dataset.classnames)}); "
             "an ID set needs at least 2 (classification and the contrastive loss compare classes)"
+        )
+
+
+def require_same_classes(dataset: LabeledImageDataset, classnames, where: str, of: str) -> None:
+    """An ID set evaluated against the ID classes has those classes, in their order: its labels
+    index the class prompts."""
+    if list(dataset.classnames) != list(classnames):
+        raise DataError(
+            f"{where} has the classes {short_list(dataset.classnames)} but {of} has "
+            f"{short_list(classnames)}: the ID validation set needs the same classes in the same "
+            "order (give both the same classnames_file)"
         )
 
 
