@@ -183,8 +183,9 @@ class ResumableSearch(SearchGenerator):
     newer than the other. Restored as they are, the searcher then meets a trial it never suggested
     (a ``KeyError`` inside OptunaSearch) or counts too few trials and runs more than
     ``num_samples``. After restoring, the searcher is brought in line with the experiment state,
-    which is what Tune runs: a trial Optuna does not know is added to the study with its config
-    (and its final result when it has finished), a trial Optuna suggested that Tune never
+    which is what Tune runs: a trial Optuna does not know is added to the study with its config,
+    a trial Tune has finished is told its final result when Optuna still has it running (Tune
+    will not run it again, so nothing else would tell it), a trial Optuna suggested that Tune never
     recorded is told failed, and the counter and the live trials are those of the experiment
     state. (Reaches into OptunaSearch's ``_ot_trials``/``_ot_study``: no public API holds them.)
     """
@@ -224,12 +225,15 @@ class ResumableSearch(SearchGenerator):
 
         limiter, base = self.searcher, self.searcher.searcher
         for trial_id, trial in trials.items():
-            if trial_id in base._ot_trials:
+            if trial_id not in base._ot_trials:
+                params = {
+                    k.replace(".", "/"): v for k, v in flatten_fields(trial["config"]).items()
+                }
+                base._ot_study.enqueue_trial(params, skip_if_exists=False)
+                base._ot_trials[trial_id] = base._ot_study.ask(fixed_distributions=base._space)
+                base._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+            if trial_id in base._completed_trials:
                 continue
-            params = {k.replace(".", "/"): v for k, v in flatten_fields(trial["config"]).items()}
-            base._ot_study.enqueue_trial(params, skip_if_exists=False)
-            base._ot_trials[trial_id] = base._ot_study.ask(fixed_distributions=base._space)
-            base._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
             if trial["status"] == "TERMINATED":
                 base.on_trial_complete(trial_id, result=trial["last_result"] or None)
             elif trial["status"] == "ERROR":

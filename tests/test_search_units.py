@@ -193,3 +193,32 @@ def test_resumed_search_agrees_with_the_trials_tune_restores(tmp_path, storage, 
         )
         tags = sorted(t.user_attrs["tune_trial_id"] for t in stored.trials)
         assert tags == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("storage", ["journal", "memory"])
+def test_resumed_search_tells_optuna_a_trial_tune_finished(tmp_path, storage, monkeypatch):
+    """The searcher's state reached storage while trial a was running; the experiment state after
+    a finished. Tune will not run a again, so the restore itself tells Optuna a's result (a CI run
+    caught the study keeping a RUNNING for good)."""
+    if storage == "memory":
+        monkeypatch.setattr(search, "study_storage", lambda cfg: None)
+    cfg = load_config(
+        DEMO,
+        ["search.sampler=random", "search.objectives=[{metric: id_acc}]"],
+        fields={"storage.path": str(tmp_path / "results")},
+    )
+    alg = _resumable(cfg, 2)
+    a = alg.searcher.suggest("a")
+    alg._counter = 1
+    alg.save_to_dir(str(tmp_path), session_str="s")  # a still running in this state
+    if storage == "journal":  # the journal is written at every tell: it saw a finish
+        alg.searcher.on_trial_complete("a", result={"id_acc": 0.5, "config": a})
+    _state_file(tmp_path, {"a": ("TERMINATED", a, {"id_acc": 0.5})})
+
+    resumed = _resumable(cfg, 2)
+    resumed.restore_from_dir(str(tmp_path))
+    base = resumed.searcher.searcher
+    trials = base._ot_study.get_trials(deepcopy=False)
+    assert [(t.state.name, t.values) for t in trials] == [("COMPLETE", [0.5])]
+    assert base._completed_trials == {"a"} and resumed.searcher.live_trials == set()
+    assert resumed._counter == 1 and not resumed.is_finished()
