@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from raymmft.config import validate_config
+from raymmft.errors import StorageError
 from raymmft.storage import Location
 
 pytestmark = pytest.mark.ray
@@ -91,6 +92,15 @@ def _result_file(exp: Location, trial_id: str) -> Location:
     return exp.join(name, "result.json")
 
 
+def _last_epoch(exp: Location, trial_id: str) -> int | None:
+    """The epoch of the trial's last complete result line on storage (None before there is one)."""
+    try:
+        lines = _result_file(exp, trial_id).read_text().splitlines()
+        return json.loads(lines[-1])["epoch"] if lines else None
+    except (StorageError, ValueError, KeyError):  # not there yet, or its last line being written
+        return None
+
+
 def _digest(location: Location) -> str:
     return hashlib.sha256(location.read_bytes()).hexdigest()
 
@@ -124,17 +134,24 @@ def kill_driver_and_resume(tmp_path: Path, storage: str, env: dict[str, str]) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    # Killed as soon as a trial has finished on storage: Tune says so and its last result is
+    # there. (Tune uploads the state, the searcher's state and the trial files in parallel, so
+    # the state alone can land first; the searcher's state lagging is what the resume must mend,
+    # a result file lagging leaves nothing this test could compare.)
+    before, finished = {}, []
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and "TERMINATED" not in _states(exp).values():
+        while time.time() < deadline and not finished:
             assert driver.poll() is None, "the search ended before it could be killed"
             time.sleep(1)
-        before = _states(exp)
-        assert "TERMINATED" in before.values(), "no trial finished within 5 minutes"
+            before = _states(exp)
+            finished = [
+                t for t, s in before.items() if s == "TERMINATED" and _last_epoch(exp, t) == 2
+            ]
+        assert finished, "no trial finished within 5 minutes"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
         driver.wait()
-    finished = [t for t, s in before.items() if s == "TERMINATED"]
     result_files = {t: _result_file(exp, t) for t in finished}
     digests = {t: _digest(p) for t, p in result_files.items()}
     time.sleep(2)
