@@ -448,10 +448,7 @@ def init_ray(address: str | None) -> None:
         try:
             ray.init(address=address)
         except ConnectionError as exc:
-            raise ConfigError(
-                f"cannot reach a Ray cluster at {address} ({first_line(exc, 160)}); "
-                f"start one with `ray start --head`, or leave out --address to start Ray here"
-            ) from None
+            raise unreachable(address, first_line(exc, 160)) from None
     else:
         # A fresh local instance, never a `ray start` cluster that happens to run on this machine.
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
@@ -492,10 +489,14 @@ def check_reachable(address: str, *, given: bool = True) -> None:
                 else exc.strerror or str(exc)
             )
         )
-        raise ConfigError(
-            f"cannot reach a Ray cluster at {address} ({reason}); start one with "
-            f"`ray start --head`, or leave out --address to start Ray here"
-        ) from None
+        raise unreachable(address, reason) from None
+
+
+def unreachable(address: str, reason: str) -> ConfigError:
+    return ConfigError(
+        f"cannot reach a Ray cluster at {address} ({reason}); start one with "
+        f"`ray start --head`, or leave out --address to start Ray here"
+    )
 
 
 def resource_variants(cfg: Config) -> list[Config]:
