@@ -27,9 +27,9 @@ from pydantic import (
 )
 
 from raymmft.data import DataConfig
-from raymmft.errors import ConfigError, StorageError, first_line
+from raymmft.errors import ConfigError, StorageError
 from raymmft.ood.corpus import check_categories
-from raymmft.storage import Location, check_name, untrusted
+from raymmft.storage import Location, check_name
 from raymmft.text import check_template
 
 # A prompt template: exactly one "{}" where the class name (or NegLabel word) goes.
@@ -72,7 +72,8 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_a_number(cls, v, info):
-        """``epochs: true`` would be read as 1 (pydantic's lax mode): a number field takes numbers."""
+        """``epochs: true`` would be read as 1 (pydantic's lax mode): a number field takes
+        numbers."""
         if isinstance(v, bool):
             annotation = cls.model_fields[info.field_name].annotation
             takes = set(typing.get_args(annotation)) or {annotation}
@@ -737,56 +738,19 @@ EXPERIMENT_CONFIG_FILE = "raymmft_config.json"
 
 def load_experiment_config(experiment: str | Location) -> Config:
     """The config saved in an experiment directory (a local path or a URI), with its storage
-    pointing at that directory, once the directory is known to be a started search that only
-    this user can change: resuming loads Tune's pickled state (``tuner.pkl``, the searcher's
-    state), which runs whatever code a planted pickle holds."""
+    pointing at that directory (``raymmft.results.experiment.check_resumable`` first finds out
+    that the directory is a started search that may be resumed)."""
     import json
 
     try:
         exp = Location.parse(experiment)
-        path = exp.join(EXPERIMENT_CONFIG_FILE)
-        found = path.is_file()
-        names = list(exp.children()) if found else []
+        raw = json.loads(exp.join(EXPERIMENT_CONFIG_FILE).read_text())
     except StorageError as exc:
         raise ConfigError(f"cannot resume {experiment}: {exc}") from None
-    if not found:
-        raise ConfigError(
-            f"cannot resume {experiment}: no {EXPERIMENT_CONFIG_FILE} there (not a raymmft experiment)"
-        )
-    states = [n for n in names if n.startswith("experiment_state-") and n.endswith(".json")]
-    if not states or "tuner.pkl" not in names:
-        missing = "experiment_state-*.json" if not states else "tuner.pkl"
-        raise ConfigError(
-            f"cannot resume {experiment}: it holds no Tune experiment state ({missing}): not a "
-            "search that has started"
-        )
-    if exp.is_local:
-        local = exp.local_path
-        for item in [local, *sorted(p for p in local.iterdir() if p.is_file())]:
-            reason = untrusted(item)
-            if reason is not None:
-                raise ConfigError(
-                    f"cannot resume {experiment}: {item} {reason}; resume loads Tune's pickled "
-                    "state, so it resumes only an experiment no one else can change (chmod -R go-w)"
-                )
-    newest = sorted(states)[-1]  # the one Tune restores from
-    try:
-        state = json.loads(exp.join(newest).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, StorageError) as exc:
-        raise ConfigError(
-            f"cannot resume {experiment}: its Tune state {newest} cannot be read "
-            f"({first_line(exc, 120)}); the file is damaged"
-        ) from None
-    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
-        raise ConfigError(
-            f"cannot resume {experiment}: its Tune state {newest} holds no trial list; the file "
-            "is damaged, or from another Ray version"
-        )
-    try:
-        raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
+        path = exp.join(EXPERIMENT_CONFIG_FILE)
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    cfg = validate_config(raw, str(path))
+    cfg = validate_config(raw, str(exp.join(EXPERIMENT_CONFIG_FILE)))
     cfg.storage.path = exp.parent.uri
     cfg.storage.name = exp.name
     return cfg

@@ -215,7 +215,8 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             payload = load_file(str(path))
         except Exception as exc:
             raise ModelError(
-                f"cannot load pretrained weights {path}: not a safetensors file ({first_line(exc, 160)})"
+                f"cannot load pretrained weights {path}: not a safetensors file "
+                f"({first_line(exc, 160)})"
             ) from None
     else:
         try:

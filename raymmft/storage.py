@@ -39,7 +39,8 @@ SECRET_PARAMS = frozenset({"secret_key", "session_token", "access_key"})
 def check_name(name: str, what: str = "experiment name") -> str:
     """A name is one path segment: non-empty, no ``/`` or ``\\``, not ``.`` or ``..``, no control
     character (NUL, newline, ...), no white space around it, at most 255 bytes (the limit of a
-    file name on every common filesystem and of an S3 key part). Raises ``ValueError`` with the rule that ``name`` breaks."""
+    file name on every common filesystem and of an S3 key part). Raises ``ValueError`` with the
+    rule that ``name`` breaks."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} is empty")
     if "/" in name or "\\" in name:

@@ -138,19 +138,25 @@ def _resumable(cfg, total):
     return alg
 
 
+def _resume_config(tmp_path, storage, monkeypatch):
+    """The demo with one objective; the study in <experiment>/optuna.journal (``journal``) or,
+    as on object storage, only in Tune's pickled state (``memory``)."""
+    if storage == "memory":
+        monkeypatch.setattr(search, "study_storage", lambda cfg: None)
+    return load_config(
+        DEMO,
+        ["search.sampler=random", "search.objectives=[{metric: id_acc}]"],
+        fields={"storage.path": str(tmp_path / "results")},
+    )
+
+
 @pytest.mark.parametrize("storage", ["journal", "memory"])
 def test_resumed_search_agrees_with_the_trials_tune_restores(tmp_path, storage, monkeypatch):
     """A driver killed while its state was uploading: the experiment state knows trial b, the
     searcher's (older) state does not; the searcher's newer state knew c, the experiment state
     does not. After restore the searcher follows the experiment state, with the study in
     <experiment>/optuna.journal (which never lags) or only in Tune's pickled state."""
-    if storage == "memory":  # object storage: no journal
-        monkeypatch.setattr(search, "study_storage", lambda cfg: None)
-    cfg = load_config(
-        DEMO,
-        ["search.sampler=random", "search.objectives=[{metric: id_acc}]"],
-        fields={"storage.path": str(tmp_path / "results")},
-    )
+    cfg = _resume_config(tmp_path, storage, monkeypatch)
     alg = _resumable(cfg, 3)
     limiter = alg.searcher
     a = limiter.suggest("a")
@@ -200,13 +206,7 @@ def test_resumed_search_tells_optuna_a_trial_tune_finished(tmp_path, storage, mo
     """The searcher's state reached storage while trial a was running; the experiment state after
     a finished. Tune will not run a again, so the restore itself tells Optuna a's result (a CI run
     caught the study keeping a RUNNING for good)."""
-    if storage == "memory":
-        monkeypatch.setattr(search, "study_storage", lambda cfg: None)
-    cfg = load_config(
-        DEMO,
-        ["search.sampler=random", "search.objectives=[{metric: id_acc}]"],
-        fields={"storage.path": str(tmp_path / "results")},
-    )
+    cfg = _resume_config(tmp_path, storage, monkeypatch)
     alg = _resumable(cfg, 2)
     a = alg.searcher.suggest("a")
     alg._counter = 1

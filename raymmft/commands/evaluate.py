@@ -152,7 +152,8 @@ def resolve_device(name: str) -> str:
             raise ConfigError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
         if device.index is not None and device.index >= count:
             raise ConfigError(
-                f"--device {name}: only {count} CUDA GPU(s) are visible (cuda:0 to cuda:{count - 1})"
+                f"--device {name}: only {count} CUDA GPU(s) are visible "
+                f"(cuda:0 to cuda:{count - 1})"
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu")

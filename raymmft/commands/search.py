@@ -44,6 +44,9 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
             raise ConfigError(
                 "--resume takes the experiment's saved config: drop CONFIG, --set, --name and --storage"
             )
+        from raymmft.results.experiment import check_resumable
+
+        check_resumable(args.resume)
         return load_experiment_config(args.resume)
     if not args.config:
         raise ConfigError("give a CONFIG file, or --resume EXPERIMENT")

@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass, field
 
 from raymmft.config import EXPERIMENT_CONFIG_FILE
-from raymmft.errors import RaymmftError, StorageError
-from raymmft.storage import Location
+from raymmft.errors import ConfigError, RaymmftError, StorageError, first_line
+from raymmft.storage import Location, untrusted
 
 CONFIG_FILE = EXPERIMENT_CONFIG_FILE
 TUNER_FILE = "tuner.pkl"
@@ -128,19 +128,21 @@ def read_json(location: Location) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def tune_state(root: Location, names: list[str] | None = None) -> dict[str, dict]:
+class NotTuneState(ValueError):
+    """JSON that is not Tune's experiment state (not its shape: damaged, or another Ray's)."""
+
+
+def parse_tune_state(text: str) -> dict[str, dict]:
     """trial_id -> {status, config, relative_logdir, error_filename, num_failures, last_result}
-    from the newest ``experiment_state-*.json`` in ``root`` (``names``: its entries, when listed
-    already), in the order Tune created the trials; {} when there is none or it cannot be read."""
-    if names is None:
-        names = list(root.children())
-    states = sorted(n for n in names if STATE_FILE.fullmatch(n))
-    if not states:
-        return {}
+    from the text of an ``experiment_state-*.json``, in the order Tune created the trials. Raises
+    ``json.JSONDecodeError`` for text that is not JSON (cut off), ``NotTuneState`` for JSON that
+    does not hold Tune's trial list."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("trial_data"), list):
+        raise NotTuneState("holds no trial list")
+    out = {}
     try:
-        data = json.loads(_read(root.join(states[-1])) or "{}")
-        out = {}
-        for trial_json, run_json in data.get("trial_data", []):
+        for trial_json, run_json in data["trial_data"]:
             t, run = json.loads(trial_json), json.loads(run_json)
             out[t["trial_id"]] = {
                 "status": t.get("status"),
@@ -150,9 +152,75 @@ def tune_state(root: Location, names: list[str] | None = None) -> dict[str, dict
                 "num_failures": run.get("num_failures") or 0,
                 "last_result": run.get("last_result") or {},
             }
-        return out
-    except (ValueError, KeyError, TypeError):
-        return {}  # a format this Ray version does not write: fall back to inference
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise NotTuneState(
+            f"holds a trial entry Tune did not write ({first_line(exc, 80)})"
+        ) from None
+    return out
+
+
+def newest_state(names) -> str | None:
+    """The newest ``experiment_state-*.json`` among ``names`` (the one Tune restores from)."""
+    states = sorted(n for n in names if STATE_FILE.fullmatch(n))
+    return states[-1] if states else None
+
+
+def tune_state(root: Location, names: list[str] | None = None) -> dict[str, dict]:
+    """``parse_tune_state`` of the newest state file in ``root`` (``names``: its entries, when
+    listed already); {} when there is none or it cannot be parsed (being written, or a format this
+    Ray version does not write: the caller falls back to inference)."""
+    newest = newest_state(root.children() if names is None else names)
+    if newest is None:
+        return {}
+    try:
+        return parse_tune_state(_read(root.join(newest)) or "{}")
+    except ValueError:
+        return {}
+
+
+def check_resumable(experiment: str) -> None:
+    """``experiment`` (a local path or a URI) is a started search that only this user can change,
+    with a Tune state that parses: resuming loads Tune's pickled state (``tuner.pkl``, the
+    searcher's state), which runs whatever code a planted pickle holds. Raises ``ConfigError``
+    naming what is wrong, before Ray starts."""
+    try:
+        exp = Location.parse(experiment)
+        found = exp.join(CONFIG_FILE).is_file()
+        names = list(exp.children()) if found else []
+    except StorageError as exc:
+        raise ConfigError(f"cannot resume {experiment}: {exc}") from None
+    if not found:
+        raise ConfigError(
+            f"cannot resume {experiment}: no {CONFIG_FILE} there (not a raymmft experiment)"
+        )
+    newest = newest_state(names)
+    if newest is None or TUNER_FILE not in names:
+        missing = "experiment_state-*.json" if newest is None else TUNER_FILE
+        raise ConfigError(
+            f"cannot resume {experiment}: it holds no Tune experiment state ({missing}): not a "
+            "search that has started"
+        )
+    if exp.is_local:
+        local = exp.local_path
+        for item in [local, *sorted(p for p in local.iterdir() if p.is_file())]:
+            reason = untrusted(item)
+            if reason is not None:
+                raise ConfigError(
+                    f"cannot resume {experiment}: {item} {reason}; resume loads Tune's pickled "
+                    "state, so it resumes only an experiment no one else can change (chmod -R go-w)"
+                )
+    try:
+        parse_tune_state(exp.join(newest).read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"cannot resume {experiment}: its Tune state {newest} cannot be read "
+            f"({first_line(exc, 120)}); the file is damaged"
+        ) from None
+    except (NotTuneState, StorageError) as exc:
+        raise ConfigError(
+            f"cannot resume {experiment}: its Tune state {newest} {exc}; the file is damaged, "
+            "or from another Ray version"
+        ) from None
 
 
 def _last_error_line(text: str | None) -> str | None:
