@@ -282,7 +282,12 @@ ScoreName = Annotated[str, AfterValidator(_check_score)]
 class EvalConfig(_Section):
     scores: list[ScoreName] = Field(["neglabel", "mcm", "msp", "energy"], min_length=1)
     ood_score: ScoreName = Field("neglabel", description="the score that defines ood_auroc")
-    temperature: float = Field(0.01, gt=0, description="t in the scores' f.T / t")
+    temperature: float = Field(
+        0.01, gt=0, description="t in f.T / t of the scores on cosine logits (energy, max_logit, neglabel)"
+    )
+    mcm_temperature: float = Field(
+        1.0, gt=0, description="MCM's own softmax temperature (1.0 as in Ming et al., 2022)"
+    )
     templates: list[Template] = Field(["a photo of a {}."], min_length=1)
     every_n_epochs: int = Field(1, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -307,6 +312,7 @@ class EvalConfig(_Section):
         """The parameters every score may take (each takes the ones it declares)."""
         return {
             "temperature": self.temperature,
+            "mcm_temperature": self.mcm_temperature,
             "ngroups": self.neglabel.ngroups,
             "seed": self.neglabel.seed,
         }
