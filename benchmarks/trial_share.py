@@ -1,11 +1,16 @@
-"""The share of a trial's time spent in training steps, before and after raymmft did the work
-around the steps once per search and on every worker (commit ``--before``, default the last one
-before that change, against this checkout), on a scaled CPU config: ``raymmft-small``, 2 Train
-workers of 1 CPU, ImageFolder data on disk (PNG files), NegLabel over all of WordNet (140,572
-words), an evaluation after every epoch.
+"""The share of a trial's time spent in training steps, this checkout against a baseline that does
+the work around the steps in every trial and on rank 0, on a scaled CPU config: ``raymmft-small``,
+2 Train workers of 1 CPU, ImageFolder data on disk (PNG files), NegLabel over all of WordNet
+(140,572 words), an evaluation after every epoch.
+
+The baseline (``--before REV``) is a revision from before object storage: by default the parent of
+the commit that added ``raymmft/storage.py``. Its trials mine NegLabel's negatives on rank 0 while
+the other ranks wait, evaluate on rank 0 alone and read every image header when they open a
+dataset; it has no preparation step (its ``make_trainer`` takes no ``negatives``, which is how
+``run_side`` tells the two apart) and its ``prepare_run`` returns ``(storage, experiment, fits)``.
 
 Both sides run in this one invocation, one after the other, each in its own process on a fresh
-Ray instance (the old one from a ``git worktree`` of ``--before``). For each: the Ray Train run's
+Ray instance (the baseline from a ``git worktree`` of ``--before``). For each: the Ray Train run's
 wall time (``TorchTrainer.fit``: a trial), the seconds of its training steps (from each epoch's
 ``train/images_per_s`` in its TensorBoard events), and for the new code the preparation step that
 runs once per search before the trials (mining, the zero-shot evaluation).
@@ -27,7 +32,6 @@ from pathlib import Path
 
 from harness import REPO, emit, loadavg, table, wait_for_ray_free
 
-BEFORE = "346bb20"  # main before object storage, the refactor and the trial-efficiency work
 CLASSES = [
     "red circle",
     "blue square",
@@ -134,6 +138,21 @@ def run_side(config: str, side: str) -> dict:
     }
 
 
+def git(*args: str) -> str:
+    """The output of ``git -C REPO *args``."""
+    return subprocess.run(
+        ["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def default_before() -> str:
+    """The baseline revision: the parent of the commit that added ``raymmft/storage.py``."""
+    added = git("log", "--diff-filter=A", "--format=%H", "--", "raymmft/storage.py").split()
+    if not added:
+        raise SystemExit("no commit added raymmft/storage.py: give the baseline as --before REV")
+    return added[-1] + "^"
+
+
 def train_seconds(tensorboard_dir: str, steps_per_epoch: int, batch: int) -> dict:
     """Seconds of training steps per epoch, from the run's train/images_per_s scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -150,7 +169,10 @@ def train_seconds(tensorboard_dir: str, steps_per_epoch: int, batch: int) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default=BEFORE, help="the commit measured as 'before'")
+    parser.add_argument(
+        "--before",
+        help="the baseline revision (default: the parent of the commit that added raymmft/storage.py)",
+    )
     parser.add_argument("--per-class", type=int, default=40, help="ID train images per class")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--corpus", default="wordnet")
@@ -163,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.corpus, args.epochs = "world", 2
+    args.before = git("rev-parse", "--short", args.before or default_before()).strip()
     load_start = loadavg()
     with tempfile.TemporaryDirectory(prefix="raymmft-share-") as tmp:
         root = Path(tmp)
