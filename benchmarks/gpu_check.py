@@ -13,7 +13,7 @@ training throughput of ViT-B-16, achieved TFLOP/s and MFU, and the CMA loss on G
    ``torch.utils.flop_counter.FlopCounterMode`` (forward + backward of the step; matmuls, convolutions
    and attention), then ``--steps`` steps are timed after ``--warmup``. MFU = achieved TFLOP/s over the
    card's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s; from ``torch.cuda.get_device_name()``).
-3. ``worker_loop``: the real trial path, ``raymmft.search.make_trainer`` (``train_fn_per_worker``,
+3. ``worker_loop``: the real trial path, ``raymmft.trial.make_trainer`` (``train_fn_per_worker``,
    the shapes world through the DataLoader, evaluation with MCM) for a few steps of ViT-B-16 at batch
    256 in bf16: its reported ``images_per_s`` includes data loading and CPU-side transforms.
    ``--skip-loop`` leaves it out.
@@ -262,8 +262,8 @@ def run_throughput(args, storage: str) -> dict:
 
 def run_worker_loop(args, storage: str) -> dict:
     from raymmft.config import validate_config
-    from raymmft.search import make_trainer
     from raymmft.storage import Location
+    from raymmft.trial import make_trainer
 
     steps = 3 if args.cpu_smoke else args.loop_steps
     per_class = max(1, -(-args.batch * steps // 12))  # the shapes world's 12 ID classes

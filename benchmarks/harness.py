@@ -143,7 +143,7 @@ def ray_instance(*, wait: bool = True, **init_kwargs):
     shut down (with its processes gone) afterwards."""
     import ray
 
-    from raymmft.search import init_ray
+    from raymmft.cluster import init_ray
 
     if wait:
         wait_for_ray_free()
@@ -174,24 +174,24 @@ def quiet_ray_logs() -> None:
 
 
 def time_preparation(search) -> list[tuple[float, float]]:
-    """Make ``search.prepare_remote`` (``raymmft.search``'s preparation step, which ``run_train`` and
+    """Make ``search.run_preparation`` (``raymmft.search``'s preparation step, which ``run_train`` and
     ``run_search`` call in this process before any trial) record the ``(start, end)`` wall-clock
     times (``time.time()``) of every call in the list returned; patching twice returns the same
     list."""
-    original = search.prepare_remote
+    original = search.run_preparation
     if hasattr(original, "spans"):
         return original.spans
     spans: list[tuple[float, float]] = []
 
-    def prepare_remote(*args, **kwargs):
+    def run_preparation(*args, **kwargs):
         start = time.time()
         try:
             return original(*args, **kwargs)
         finally:
             spans.append((start, time.time()))
 
-    prepare_remote.spans = spans
-    search.prepare_remote = prepare_remote
+    run_preparation.spans = spans
+    search.run_preparation = run_preparation
     return spans
 
 

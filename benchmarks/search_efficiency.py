@@ -38,11 +38,13 @@ from pathlib import Path
 
 import harness
 
-from raymmft.config import load_config
+from raymmft.config_file import load_config
 
 
 def search_config(args, *, storage: str, name: str, **search):
-    from raymmft.config import parse_overrides, set_path, validate_config
+    from raymmft.config import validate_config
+    from raymmft.config_file import parse_overrides
+    from raymmft.search_space import set_path
 
     raw = load_config(harness.DEMO_CONFIG).to_dict()
     for key, value in parse_overrides(args.set):

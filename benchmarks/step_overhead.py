@@ -1,6 +1,6 @@
 """Training throughput of the Ray Train worker loop against a plain PyTorch loop, and 2 workers vs 1.
 
-The Ray side is a real trial: ``raymmft.search.make_trainer``'s ``TorchTrainer`` running
+The Ray side is a real trial: ``raymmft.trial.make_trainer``'s ``TorchTrainer`` running
 ``raymmft.worker.train_fn_per_worker`` (through ``worker_probe.probed_train_fn``, which only adds a
 stopwatch), and its throughput is the ``images_per_s`` that the worker *reports* per epoch. The plain
 side is a hand-written loop in this process with the same model, data, batch, forward
@@ -37,7 +37,8 @@ import harness
 import torch
 import worker_probe
 
-from raymmft.config import load_config, validate_config
+from raymmft.config import validate_config
+from raymmft.config_file import load_config
 
 
 def bench_config(args, *, num_workers: int, storage: str, name: str):
@@ -86,7 +87,7 @@ def _train_plain(cfg, finetuner: bool) -> dict:
     step, with its finiteness check and metric ``.item()`` calls), else a hand-written one.
     """
     from raymmft.data import build_loader, open_dataset, per_worker_batch
-    from raymmft.finetune import make_optimizer, make_scheduler, seed_everything, steps_per_epoch
+    from raymmft.finetune import make_lr_schedule, make_optimizer, seed_everything, steps_per_epoch
     from raymmft.loop import model_of
     from raymmft.losses import cma_loss
     from raymmft.model import clamp_logit_scale
@@ -109,7 +110,7 @@ def _train_plain(cfg, finetuner: bool) -> dict:
     tokens = tokenize_class_prompts(bundle.tokenizer, train_set.classnames, cfg.train.template)
     model = TrainingForward(bundle.model)  # what the worker loop steps (before its DDP wrapping)
     optimizer = make_optimizer(model, cfg.train)
-    scheduler = make_scheduler(optimizer, cfg.train, n_steps * cfg.train.epochs)
+    scheduler = make_lr_schedule(optimizer, cfg.train, n_steps * cfg.train.epochs)
     lam = cfg.train.lam
     tuner = None
     if finetuner:

@@ -11,12 +11,12 @@ Three runs of the demo's trial (``search_spaces/demo.yaml``, fewer epochs) on on
 Both ``run_train`` and ``run_search`` first run the preparation step (``raymmft.prepare``, in one
 Ray task: NegLabel mining with the starting model, through the mining cache, and the zero-shot
 evaluation) and hand its negatives to the trial, which then does not mine. The preparation is timed
-in the driver (``raymmft.search.prepare_remote``) and shown as its own part: it is paid once per
+in the driver (``raymmft.search.run_preparation``) and shown as its own part: it is paid once per
 search, not per trial, so ``fixed_s_per_trial`` leaves it out.
 
 Every trial's ``TorchTrainer`` runs ``worker_probe.probed_train_fn`` (the real
 ``train_fn_per_worker`` with a stopwatch around the loop's phases); in the search, a Ray
-``worker_process_setup_hook`` swaps ``raymmft.search.make_trainer`` for the probed one when the
+``worker_process_setup_hook`` swaps ``raymmft.trial.make_trainer`` for the probed one when the
 trial's process imports it. Ray's side is read from Ray Train's controller log (the DEBUG lines
 ``[Worker Group Initialization] ... in X s`` in ``logs/train/ray-train-sys-controller-*.log``) and
 from ``ray.timeline()``.
@@ -39,7 +39,8 @@ from pathlib import Path
 import harness
 import worker_probe
 
-from raymmft.config import load_config, validate_config
+from raymmft.config import validate_config
+from raymmft.config_file import load_config
 
 WG_LINE = re.compile(r"\[Worker Group Initialization\] (.*?) (?:in|completed in) ([0-9.]+)s")
 

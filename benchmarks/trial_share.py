@@ -105,17 +105,17 @@ def run_side(config: str, side: str) -> dict:
     import ray
 
     from raymmft import search
-    from raymmft.config import load_config
+    from raymmft.config_file import load_config
 
     cfg = load_config(config, [f"storage.name={side}"])
     new = "negatives" in inspect.signature(search.make_trainer).parameters
-    prepared = search.prepare_run(cfg, address=None, resume=False, preflight=True)
+    prepared = search.start_run(cfg, address=None, resume=False, preflight=True)
     exp = prepared[0] if new else prepared[1]  # before: (storage, experiment, fits)
     exp_path = exp.uri if new else str(exp)
     prep_s, kwargs = 0.0, {}
     if new:
         start = time.perf_counter()
-        kwargs["negatives"] = search.prepare_remote(cfg, exp)
+        kwargs["negatives"] = search.run_preparation(cfg, exp)
         prep_s = time.perf_counter() - start
         storage, cache = cfg.storage.location, search.cache_location(cfg)
         tensorboard = exp.join("tensorboard", "run")

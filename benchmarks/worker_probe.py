@@ -200,7 +200,7 @@ def probed_trainer(
     callbacks=(),
     make_trainer=None,
 ):
-    """The ``TorchTrainer`` that ``raymmft.search.make_trainer`` builds for ``cfg`` (same scaling and
+    """The ``TorchTrainer`` that ``raymmft.trial.make_trainer`` builds for ``cfg`` (same scaling and
     run config, callbacks included), running ``probed_train_fn`` instead of ``train_fn_per_worker``.
     ``storage``, ``cache`` and ``tensorboard_dir`` are paths or URIs (``str``) or
     ``raymmft.storage.Location``s; ``negatives`` is the URI of a search's prepared negatives."""
@@ -209,7 +209,7 @@ def probed_trainer(
     from raymmft.storage import Location
 
     if make_trainer is None:
-        from raymmft.search import make_trainer
+        from raymmft.trial import make_trainer
 
     def location(value):
         return None if value is None else Location.parse(value)
@@ -264,11 +264,11 @@ def patch_search_module(search, probe_root: str | Path) -> None:
 
 
 class _PatchSearchOnImport:
-    """A ``sys.meta_path`` finder that patches ``raymmft.search`` right after a process imports it,
+    """A ``sys.meta_path`` finder that patches ``raymmft.trial`` right after a process imports it,
     so that Ray worker processes pay no import they would not have paid anyway."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "raymmft.search":
+        if fullname != "raymmft.trial":
             return None
         import sys
 
@@ -300,8 +300,8 @@ def install_search_probe() -> None:
     if not os.environ.get(PROBE_ROOT_ENV):
         return
     _SEARCH_IMPORT["hook_time"] = time.time()
-    if "raymmft.search" in sys.modules:
-        patch_search_module(sys.modules["raymmft.search"], os.environ[PROBE_ROOT_ENV])
+    if "raymmft.trial" in sys.modules:
+        patch_search_module(sys.modules["raymmft.trial"], os.environ[PROBE_ROOT_ENV])
         _note_hook("patched_at_start")
     else:
         sys.meta_path.insert(0, _PatchSearchOnImport())

@@ -1,4 +1,5 @@
-"""What a search needs from the cluster it runs on, checked before the first trial starts.
+"""What a search needs from the cluster it runs on, checked before the first trial starts, and
+joining or starting it (``init_ray``).
 
 - **Storage.** Every trial writes checkpoints and results from the node it runs on and Tune reads
   them back on the head, so on a cluster of more than one node the storage must be shared: an
@@ -20,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from raymmft.errors import ConfigError, StorageError
+from raymmft.errors import ConfigError, StorageError, first_line
 from raymmft.storage import Location
 
 MARKER_PREFIX = ".raymmft-write-check-"
@@ -174,3 +175,83 @@ def _autoscaling_limits(config: Any) -> tuple[int | None, dict[str, float] | Non
             resources[res] = min(resources[res], float(limit))
     big = 1_000_000  # "unbounded", kept finite so floor division stays meaningful
     return int(min(nodes, big)), {r: min(v, big) for r, v in resources.items()}
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def local_resources() -> dict[str, float]:
+    """What a Ray instance started on this machine will offer (checked before starting it)."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def joins_cluster(address: str | None) -> bool:
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def init_ray(address: str | None) -> None:
+    """Join ``address`` (or ``$RAY_ADDRESS``, as set inside ``ray job submit``), else start Ray here."""
+    # Only the loggers passed to tune.RunConfig (JSON, CSV); see run_search.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import ray
+
+    if ray.is_initialized():
+        return
+    given = address
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address, given=given is not None)
+        try:
+            ray.init(address=address)
+        except ConnectionError as exc:
+            raise unreachable(address, first_line(exc, 160)) from None
+    else:
+        # A fresh local instance, never a `ray start` cluster that happens to run on this machine.
+        # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+        ray.init(address="local")
+
+
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str, *, given: bool = True) -> None:
+    """A ``host:port`` (or ``ray://host:port``) address answers a TCP connection within a few
+    seconds; ray.init would otherwise retry for minutes. ``auto`` is left to Ray; a ``given``
+    (``--address``) value that is not an address is an error, ``$RAY_ADDRESS`` is left to Ray."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536) or any(
+        c.isspace() or c in "/?#" for c in host
+    ):
+        if not given:
+            return
+        raise ConfigError(
+            f"--address {address!r}: expected 'auto', HOST:PORT or ray://HOST:PORT (a port in "
+            "1-65535)"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = (
+            "connection refused"
+            if isinstance(exc, ConnectionRefusedError)
+            else (
+                f"no answer in {REACH_TIMEOUT_S:g} s"
+                if isinstance(exc, TimeoutError)
+                else exc.strerror or str(exc)
+            )
+        )
+        raise unreachable(address, reason) from None
+
+
+def unreachable(address: str, reason: str) -> ConfigError:
+    return ConfigError(
+        f"cannot reach a Ray cluster at {address} ({reason}); start one with "
+        f"`ray start --head`, or leave out --address to start Ray here"
+    )

@@ -1,20 +1,21 @@
-"""One YAML file → validated, typed configuration (pydantic).
+"""The configuration schema: typed, validated sections (pydantic), validated once and then only
+read (every section is frozen).
 
 Sections: ``model``, ``data``, ``train``, ``eval``, ``search``, ``resources``, ``storage``. Any field
-can be searched: ``search.space`` maps dotted field paths (``train.lam``) to a distribution
-(``{loguniform: [1e-4, 1e-1]}``, ``uniform``, ``choice``, ``randint``) or a fixed value.
-``--set a.b=value`` overrides a field from the command line (the value is parsed as YAML).
+of a trial can be searched: ``search.space`` maps dotted field paths (``train.lam``) to a
+distribution (``raymmft.search_space``). Relative local paths (datasets, classnames files, the
+NegLabel corpus file, weights, storage) are made absolute against the ``base_dir`` given to
+``validate_config`` (the command's working directory), where they enter. Reading the YAML file and
+``--set`` is ``raymmft.config_file``; what trials report and the objectives are
+``raymmft.objectives``.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import typing
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,32 +28,16 @@ from pydantic import (
 )
 
 from raymmft.data import DataConfig
+from raymmft.data.spec import BASE_DIR
 from raymmft.errors import ConfigError, StorageError
+from raymmft.objectives import OOD_METRICS, Objectives, reported_metrics
 from raymmft.ood.corpus import check_categories
-from raymmft.storage import Location, check_name
+from raymmft.search_space import Distribution, distributions_of, set_path
+from raymmft.storage import Location, check_name, resolve_local
 from raymmft.text import check_template
 
 # A prompt template: exactly one "{}" where the class name (or NegLabel word) goes.
 Template = Annotated[str, AfterValidator(check_template)]
-# what an evaluation measures per OoD set and score (docs/method.md, "Metrics")
-OOD_METRICS: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")
-# what every report of a trial carries besides the evaluation (raymmft.loop)
-TRAINING_METRICS: tuple[str, ...] = (
-    "epoch",
-    "step",
-    "world_size",
-    "train_loss",
-    "train_contrastive",
-    "train_regularizer",
-    "lr",
-    "logit_scale",
-    "images_per_s",
-    "train_skipped",
-    "time/train_s",
-    "time/eval_s",
-    "time/checkpoint_s",
-    "time/startup_s",
-)
 # CLIP clamps the learned logit scale 1/tau to [1, 100] after every step (as open_clip's training
 # does); a temperature outside [0.01, 1] would be changed without a word, so it is refused.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
@@ -63,11 +48,22 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 NOT_SEARCHABLE = ("search", "storage")
 # validation context of one candidate value of a searched field (Config._check_searched)
 CANDIDATE = "raymmft.candidate"
+# NegLabel corpora known by name (raymmft.corpora); any other value is a word file
+NAMED_CORPORA = ("wordnet", "world")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+__all__ = ["OOD_METRICS", "Config", "validate_config"]
+
+
+def local_path(value: str | None, info: ValidationInfo) -> str | None:
+    """``value`` made absolute against the validation's ``BASE_DIR`` (when it has one)."""
+    if value is None:
+        return None
+    return resolve_local(value, (info.context or {}).get(BASE_DIR))
 
 
 class _Section(BaseModel):
     # every float is finite: .inf and .nan are refused wherever a number is read
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -82,80 +78,6 @@ class _Section(BaseModel):
         return v
 
 
-@dataclass(frozen=True)
-class Distribution:
-    """One searched field's distribution, as the config writes it: ``{loguniform: [low, high]}``,
-    ``{uniform: [low, high]}``, ``{quniform: [low, high, q]}``, ``{randint: [low, high]}`` (high
-    excluded, as Tune's) or ``{choice: [v1, v2, ...]}``."""
-
-    name: str
-    args: tuple
-
-    NAMES = ("loguniform", "uniform", "choice", "randint", "quniform")
-
-    @classmethod
-    def parse(cls, key: str, spec: Any) -> Distribution | None:
-        """The distribution of ``spec``; ``None`` when ``spec`` is a fixed value."""
-        if not isinstance(spec, dict):
-            return None
-        if len(spec) != 1:
-            raise ValueError(f"{key}: give one distribution, got {sorted(spec)}")
-        ((name, args),) = spec.items()
-        if name not in cls.NAMES:
-            raise ValueError(
-                f"{key}: unknown distribution '{name}' (known: {', '.join(cls.NAMES)})"
-            )
-        if name == "choice":
-            if not isinstance(args, list) or not args:
-                raise ValueError(f"{key}: choice needs a non-empty list")
-            return cls(name, tuple(args))
-        count = "[low, high, q]" if name == "quniform" else "[low, high]"
-        sizes = (2, 3) if name == "quniform" else (2,)
-        if isinstance(args, list):  # YAML reads 1e-4 (no dot) as a string; pydantic takes it too
-            args = [_number_text(a) for a in args]
-        if not (isinstance(args, list) and len(args) in sizes and all(map(_is_number, args))):
-            raise ValueError(f"{key}: {name} needs {count} (finite numbers), got {args!r}")
-        low, high = args[0], args[1]
-        if not low < high:
-            raise ValueError(f"{key}: {name} needs low < high, got [{low}, {high}]")
-        if name == "loguniform" and low <= 0:
-            raise ValueError(f"{key}: loguniform needs low > 0, got {low}")
-        if name == "randint" and not all(float(a).is_integer() for a in args):
-            raise ValueError(f"{key}: randint needs integer bounds, got {args!r}")
-        if name == "quniform" and len(args) == 3 and not args[2] > 0:
-            raise ValueError(f"{key}: quniform needs q > 0, got {args[2]}")
-        return cls(name, tuple(args))
-
-    @property
-    def integer(self) -> bool:
-        """Whether every value it gives is an integer (an int field takes nothing else)."""
-        if self.name == "randint":
-            return True
-        return self.name in ("choice", "fixed") and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in self.args
-        )
-
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` is one the distribution can give (an initial point must be)."""
-        if self.name in ("choice", "fixed"):
-            return value in self.args
-        value = _number_text(value)
-        if not _is_number(value):
-            return False
-        if self.name == "randint":
-            return float(value).is_integer() and self.args[0] <= value < self.args[1]
-        return self.args[0] <= value <= self.args[1]
-
-    def extremes(self) -> list:
-        """The values that bound what it can give: both bounds, or every choice (``randint``'s
-        largest is ``high - 1``)."""
-        if self.name in ("choice", "fixed"):
-            return list(self.args)
-        if self.name == "randint":
-            return [int(self.args[0]), int(self.args[1]) - 1]
-        return [self.args[0], self.args[1]]
-
-
 def check_seed(value: int, flag: str) -> int:
     """A seed given by a command-line flag, by the rule of the config's ``Seed`` fields."""
     if not 0 <= value <= MAX_SEED:
@@ -168,21 +90,6 @@ def _first_repeat(items: list) -> Any:
     return next((x for i, x in enumerate(items) if x in items[:i]), None)
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _number_text(x: Any) -> Any:
-    """``"1e-4"`` → ``0.0001``: a string that spells a number is that number; anything else is
-    returned as it is (and refused by the caller)."""
-    if isinstance(x, str):
-        try:
-            return float(x)
-        except ValueError:
-            return x
-    return x
-
-
 class ModelConfig(_Section):
     arch: str = "raymmft-tiny"
     pretrained: str | None = Field(
@@ -192,6 +99,15 @@ class ModelConfig(_Section):
         0.07, description="initial tau; logit_scale = log(1/tau); None keeps the weights' value"
     )
     learn_temperature: bool = True
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights_file_absolute(cls, v, info: ValidationInfo):
+        """A weights file (a path, or a name with a weights suffix) is made absolute; a tag is not
+        a path."""
+        if v is None or (os.sep not in v and not v.endswith(WEIGHT_SUFFIXES)):
+            return v
+        return local_path(v, info)
 
     @field_validator("temperature")
     @classmethod
@@ -258,6 +174,13 @@ class NegLabelConfig(_Section):
     remine_each_eval: bool = Field(False, description="mine again with the current model each time")
     seed: Seed = Field(0, description="seed of the grouping shuffle")
 
+    @field_validator("corpus")
+    @classmethod
+    def _word_file_absolute(cls, v, info: ValidationInfo):
+        if v.split("+")[0].split(":")[0] in NAMED_CORPORA:
+            return v
+        return local_path(v, info)
+
     @field_validator("exclude_categories")
     @classmethod
     def _known_categories(cls, v):
@@ -283,7 +206,9 @@ class EvalConfig(_Section):
     scores: list[ScoreName] = Field(["neglabel", "mcm", "msp", "energy"], min_length=1)
     ood_score: ScoreName = Field("neglabel", description="the score that defines ood_auroc")
     temperature: float = Field(
-        0.01, gt=0, description="t in f.T / t of the scores on cosine logits (energy, max_logit, neglabel)"
+        0.01,
+        gt=0,
+        description="t in f.T / t of the scores on cosine logits (energy, max_logit, neglabel)",
     )
     mcm_temperature: float = Field(
         1.0, gt=0, description="MCM's own softmax temperature (1.0 as in Ming et al., 2022)"
@@ -301,11 +226,17 @@ class EvalConfig(_Section):
             raise ValueError(f"score '{twice}' given twice")
         return v
 
-    @model_validator(mode="after")
-    def _primary_is_computed(self):
-        if self.ood_score not in self.scores:
-            self.scores = [*self.scores, self.ood_score]
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_is_computed(cls, data):
+        """The score that defines ``ood_auroc`` is always computed."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            scores = data.get("scores", fields["scores"].default)
+            primary = data.get("ood_score", fields["ood_score"].default)
+            if isinstance(scores, list) and isinstance(primary, str) and primary not in scores:
+                data = {**data, "scores": [*scores, primary]}
+        return data
 
     @property
     def score_params(self) -> dict[str, Any]:
@@ -319,8 +250,11 @@ class EvalConfig(_Section):
 
 
 class Objective(_Section):
-    metric: str
+    metric: str = Field(description="a metric trials report (raymmft.objectives)")
     mode: Literal["max", "min"] = "max"
+    weight: float = Field(
+        1.0, ge=0, description="its weight in score = sum of weight * (+/-) metric over objectives"
+    )
 
 
 class AshaConfig(_Section):
@@ -342,9 +276,10 @@ class SearchConfig(_Section):
     )
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     scheduler: Literal["asha", "fifo"] = "asha"
-    objectives: list[Objective] = [Objective(metric="id_acc"), Objective(metric="ood_auroc")]
-    score_weight: float = Field(
-        0.5, ge=0, description="w in score = ood_auroc + w * id_acc (ASHA's scalar)"
+    objectives: list[Objective] = Field(
+        [Objective(metric="id_acc", weight=0.5), Objective(metric="ood_auroc")],
+        description="what Optuna optimises, the Pareto front and the choice are on; the default "
+        "score is ood_auroc + 0.5 * id_acc",
     )
     asha: AshaConfig = AshaConfig()
     num_samples: int = Field(4, ge=1)
@@ -376,11 +311,25 @@ class SearchConfig(_Section):
             out[key] = spec if dist is None else {dist.name: list(dist.args)}
         return out
 
+    @model_validator(mode="before")
+    @classmethod
+    def _score_weight_moved(cls, data):
+        if isinstance(data, dict) and "score_weight" in data:
+            raise ValueError(
+                "score_weight is gone: give each objective a weight instead, e.g. "
+                "objectives: [{metric: id_acc, weight: 0.5}, {metric: ood_auroc}]"
+            )
+        return data
+
     @property
     def distributions(self) -> dict[str, Distribution]:
         """``{dotted.field: Distribution}`` of the searched fields (fixed values left out)."""
-        out = {k: Distribution.parse(k, v) for k, v in self.space.items()}
-        return {k: d for k, d in out.items() if d is not None}
+        return distributions_of(self.space)
+
+    @property
+    def goals(self) -> Objectives:
+        """The objectives as the one contract reads them (score, front, choice)."""
+        return Objectives.of(self.objectives)
 
     @model_validator(mode="after")
     def _points_cover_space(self):
@@ -432,12 +381,12 @@ class StorageConfig(_Section):
 
     @field_validator("path")
     @classmethod
-    def _location(cls, v):
+    def _location(cls, v, info: ValidationInfo):
         try:  # a URI that cannot be parsed fails here, not on the cluster
             Location.parse(v)
         except StorageError as exc:
             raise ValueError(str(exc)) from None
-        return v
+        return local_path(v, info)
 
     @field_validator("name")
     @classmethod
@@ -446,7 +395,7 @@ class StorageConfig(_Section):
 
     @property
     def location(self) -> Location:
-        """Where experiments are kept (local paths made absolute)."""
+        """Where experiments are kept."""
         return Location.parse(self.path)
 
     @property
@@ -468,8 +417,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self, info: ValidationInfo):
-        ood_metrics = {o.metric for o in self.search.objectives} | {self.search.asha.metric}
-        needs_ood = any(m.startswith("ood_") or m == "score" for m in ood_metrics)
+        used = {o.metric for o in self.search.objectives}
+        if self.search.scheduler == "asha" and self.search.asha.metric != "score":
+            used.add(self.search.asha.metric)
+        needs_ood = any(m.startswith("ood_") or "/ood_" in m for m in used)
         if needs_ood and not self.data.ood_val:
             raise ValueError(
                 "data.ood_val is empty but the search objective needs OoD validation sets "
@@ -553,7 +504,7 @@ class Config(_Section):
     def _refusal(self, key: str, value: Any) -> str | None:
         """Why this config with ``key`` set to ``value`` does not validate (``"field: reason"``),
         or ``None``."""
-        raw = self.to_dict()
+        raw = self.model_dump(mode="json", exclude_unset=True)
         set_path(raw, key, value)
         raw["search"] = {**raw.get("search", {}), "space": {key: value}, "initial_points": []}
         try:
@@ -564,25 +515,16 @@ class Config(_Section):
         return None
 
     def reported_metrics(self) -> set[str]:
-        """The names of what every trial reports (``raymmft.loop``): the training figures, the
-        time budget, and every evaluation metric of the configured scores and OoD val sets."""
+        """The names of what every report of a trial carries (``raymmft.objectives``)."""
         from raymmft.data.spec import set_names
 
-        names = set_names(self.data.ood_val)
-        out = set(TRAINING_METRICS) | {"id_acc", "modality_gap", "score"}
-        for metric in OOD_METRICS:
-            out |= {f"ood_{metric}", *(f"ood_{metric}/{n}" for n in names)}
-            for score in self.eval.scores:
-                out |= {f"{score}/ood_{metric}", *(f"{score}/ood_{metric}/{n}" for n in names)}
-        return out
+        return reported_metrics(self.eval.scores, set_names(self.data.ood_val))
 
     def to_dict(self) -> dict:
-        """Plain data that validates back into the same config (what travels to Ray workers).
-
-        Only explicitly set fields are kept: dataset specs reject options that do not apply to
-        their kind, so defaults of other kinds must not be written out.
-        """
-        return self.model_dump(mode="json", exclude_unset=True)
+        """The whole config as plain data, defaults included (what an experiment saves): it
+        validates back into the same config under any later defaults. (A dataset spec writes
+        the options of its own kind only.)"""
+        return self.model_dump(mode="json")
 
 
 def _check_field_path(cfg: BaseModel, path: str) -> None:
@@ -614,156 +556,19 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}"
 
 
-def flatten_fields(d: dict | None, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lam": 0.1}}`` → ``{"train.lam": 0.1}`` (the inverse of ``set_path``)."""
-    out: dict[str, Any] = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(flatten_fields(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def set_path(raw: dict, path: str, value: Any) -> None:
-    """Set ``raw['a']['b'] = value`` for ``path = 'a.b'``, creating sections as needed."""
-    *parents, leaf = path.split(".")
-    node = raw
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot set '{path}': '{part}' is not a section")
-        node = child
-    node[leaf] = value
-
-
-def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
-    """``["train.lr=1e-4", ...]`` → ``[("train.lr", 0.0001), ...]`` (values parsed as YAML)."""
-    out = []
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects FIELD=VALUE, got '{item}'")
-        try:
-            out.append((key.strip(), yaml.safe_load(value)))
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(
-                f"--set {key}: cannot parse value {value!r} as YAML: {problem}"
-            ) from None
-    return out
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
-    the last one without a word). Merge keys (``<<: *anchor``) still override as YAML says."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, typing.Hashable):
-                continue  # the safe loader's own check says what is wrong
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' given twice in one mapping", key_node.start_mark
-                )
-            seen[key] = True
-        return super().construct_mapping(node, deep=deep)
-
-
-def validate_config(raw: dict, source: str = "config") -> Config:
+def validate_config(raw: dict, source: str = "config", *, base_dir: str | None = None) -> Config:
+    """``raw`` validated as a ``Config``; relative local paths resolved against ``base_dir``
+    (``None``: left as they are). A problem is one ``ConfigError`` line naming ``source`` and the
+    field."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={BASE_DIR: base_dir})
     except ValidationError as err:
         raise ConfigError(_format_error(source, err)) from None
 
 
-def load_config(
-    path: str | Path, overrides: list[str] | None = None, *, fields: dict[str, Any] | None = None
-) -> Config:
-    """Read a YAML config, apply ``--set`` overrides and ``fields`` (``{dotted.field: value}``
-    from dedicated flags such as ``--name``), validate; errors name the file and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column})"
-        ) from None
-    try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: YAML syntax error at{where}: {problem}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    for key, value in [*parse_overrides(overrides), *(fields or {}).items()]:
-        set_path(raw, key, value)
-    cfg = validate_config(raw, str(path))
-    if cfg.storage.name is None:
-        cfg.storage.name = path.stem
-    return cfg
-
-
-def check_searchable(cfg: Config, overrides: list[str] | None) -> None:
-    """What a search needs beyond a valid config: a distribution to draw from, and no ``--set`` on
-    a field it draws (``raymmft train`` runs the fixed values and needs neither)."""
-    if not cfg.search.distributions:
-        raise ConfigError(
-            f"search.space gives only fixed values ({', '.join(cfg.search.space)}): give at least "
-            "one field a distribution ({uniform: [low, high]}, {choice: [...]}, ...), or run the "
-            "fixed values with raymmft train"
-        )
-    check_not_searched(cfg, overrides)
-
-
-def check_not_searched(cfg: Config, overrides: list[str] | None) -> None:
-    """A search draws its searched fields: a ``--set`` on one would be overridden without a word,
-    so it is an error that names the field (``raymmft train`` uses the fixed values, and allows it)."""
-    searched = list(cfg.search.distributions)
-    for key, _ in parse_overrides(overrides):
-        if any(key == s or s.startswith(key + ".") or key.startswith(s + ".") for s in searched):
-            raise ConfigError(
-                f"--set {key}: the field is searched (search.space); give its range there, or "
-                f"drop it from search.space to fix its value"
-            )
-
-
-EXPERIMENT_CONFIG_FILE = "raymmft_config.json"
-
-
-def load_experiment_config(experiment: str | Location) -> Config:
-    """The config saved in an experiment directory (a local path or a URI), with its storage
-    pointing at that directory (``raymmft.results.experiment.check_resumable`` first finds out
-    that the directory is a started search that may be resumed)."""
-    import json
-
-    try:
-        exp = Location.parse(experiment)
-        raw = json.loads(exp.join(EXPERIMENT_CONFIG_FILE).read_text())
-    except StorageError as exc:
-        raise ConfigError(f"cannot resume {experiment}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        path = exp.join(EXPERIMENT_CONFIG_FILE)
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    cfg = validate_config(raw, str(exp.join(EXPERIMENT_CONFIG_FILE)))
-    cfg.storage.path = exp.parent.uri
-    cfg.storage.name = exp.name
-    return cfg
-
-
 def apply_trial_params(cfg: Config, params: dict[str, Any]) -> Config:
-    """The configuration of one trial: ``cfg`` with the sampled ``{dotted.path: value}`` set."""
+    """The configuration of one trial: ``cfg`` with the sampled ``{dotted.path: value}`` set
+    (validated as a whole: a value can break a rule across fields)."""
     raw = cfg.to_dict()
     for key, value in params.items():
         set_path(raw, key, value)

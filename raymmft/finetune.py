@@ -59,7 +59,7 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str) 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_scheduler(
+def make_lr_schedule(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
@@ -72,6 +72,11 @@ def make_scheduler(
 
 def steps_per_epoch(num_batches: int, cfg: TrainConfig) -> int:
     return min(num_batches, cfg.max_steps_per_epoch or num_batches)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss is NaN or infinite: deterministic for a configuration (an lr too high, ...), so
+    a trial that raises it is not restarted."""
 
 
 @dataclass
@@ -103,7 +108,7 @@ class FineTuner:
         self.autocast_dtype = autocast_dtype
         self.loss_fn = CMALoss(cfg.lam, rank=rank, world_size=world_size)
         self.optimizer = make_optimizer(model, cfg)
-        self.scheduler = make_scheduler(self.optimizer, cfg, total_steps)
+        self.scheduler = make_lr_schedule(self.optimizer, cfg, total_steps)
         # A grad scaler only matters for fp16; for fp32/bf16 it is a disabled pass-through.
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.step = 0
@@ -123,7 +128,7 @@ class FineTuner:
             image_features, text_features, logit_scale = self.model(images, texts)
         out = self.loss_fn(image_features, text_features, logit_scale)
         if not torch.isfinite(out.loss):
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"non-finite loss {out.loss.item()} at step {self.step} "
                 f"(contrastive {out.contrastive.item():.4g}, regularizer {out.regularizer.item():.4g})"
             )

@@ -1,6 +1,6 @@
 """One worker's run: data shard → CMA fine-tuning → OoD evaluation (on every worker) → report.
 
-Pure PyTorch with the Ray pieces injected (``Worker``: the rank, the DDP wrapping, the report), so
+Pure PyTorch with the Ray pieces injected (``WorkerContext``: the rank, the DDP wrapping, the report), so
 the whole run is also testable in one process. Every worker evaluates its own share of each
 evaluation set (``raymmft.evaluation.Evaluator``), and every worker reports the same step, as Ray
 Train requires; rank 0's report carries the checkpoint.
@@ -26,6 +26,7 @@ from raymmft.data.spec import set_names
 from raymmft.evaluation import Evaluator
 from raymmft.finetune import FineTuner, seed_everything, steps_per_epoch
 from raymmft.model import build_model
+from raymmft.objectives import SCORE
 from raymmft.storage import Location
 from raymmft.text import tokenize_class_prompts
 from raymmft.text_encoder import TrainingForward, clip_of
@@ -34,7 +35,7 @@ Report = Callable[[dict, dict | None], None]
 
 
 @dataclass
-class Worker:
+class WorkerContext:
     """Where this worker of a run stands: its rank, the world size, its device, how the model is
     wrapped for data parallelism (``ray.train.torch.prepare_model``) and how it reports."""
 
@@ -129,37 +130,39 @@ def evaluator_for(
 
 
 def report_metrics(cfg: Config, evaluation) -> dict:
-    """An evaluation's flat metrics with the search's scalar ``score = ood_auroc + w * id_acc``."""
+    """An evaluation's flat metrics with the search's scalar ``score`` (``raymmft.objectives``)."""
     metrics = evaluation.flat_metrics()
-    metrics["score"] = metrics["ood_auroc"] + cfg.search.score_weight * metrics["id_acc"]
+    metrics[SCORE] = cfg.search.goals.score(metrics)
     return metrics
 
 
 def run_training(
     cfg: Config,
-    worker: Worker | None = None,
+    worker: WorkerContext | None = None,
     inputs: RunInputs | None = None,
     hooks: Hooks | None = None,
 ) -> None:
     """Fine-tune with the CMA loss; after every evaluation period, evaluate and report."""
-    worker, inputs, hooks = worker or Worker(), inputs or RunInputs(), hooks or Hooks()
+    worker, inputs, hooks = worker or WorkerContext(), inputs or RunInputs(), hooks or Hooks()
     start = inputs.started_at or time.time()
     run = _setup(cfg, worker, inputs)
     carried = {"time/startup_s": time.time() - start, "time/checkpoint_s": 0.0}
     metrics: dict = {}
-    while run.tuner.epoch < cfg.train.epochs:
+    while run.finetuner.epoch < cfg.train.epochs:
         metrics = _train_epoch(run, worker, hooks)
-        if run.tuner.epoch % cfg.eval.every_n_epochs and run.tuner.epoch < cfg.train.epochs:
+        if run.finetuner.epoch % cfg.eval.every_n_epochs and run.finetuner.epoch < cfg.train.epochs:
             continue
         began = time.perf_counter()
-        evaluation = run.evaluator.evaluate(clip_of(run.tuner.model))
+        evaluation = run.evaluator.evaluate(clip_of(run.finetuner.model))
         metrics.update(report_metrics(cfg, evaluation), **carried)
         metrics["time/eval_s"] = time.perf_counter() - began
         if run.writer is not None:  # before the report: a scheduler may stop the trial at it
-            run.writer.log_train(run.tuner.step, metrics)
-            run.writer.log_eval(run.tuner.step, metrics, evaluation)
+            run.writer.log_train(run.finetuner.step, metrics)
+            run.writer.log_eval(run.finetuner.step, metrics, evaluation)
         began = time.perf_counter()
-        worker.report(metrics, run.tuner.state_dict(cfg.model.arch) if worker.rank == 0 else None)
+        worker.report(
+            metrics, run.finetuner.state_dict(cfg.model.arch) if worker.rank == 0 else None
+        )
         carried = {"time/checkpoint_s": time.perf_counter() - began}
         run.train_seconds = 0.0
     if run.writer is not None:
@@ -168,7 +171,7 @@ def run_training(
 
 @dataclass
 class _Run:
-    tuner: FineTuner
+    finetuner: FineTuner
     loader: torch.utils.data.DataLoader
     steps: int
     evaluator: Evaluator
@@ -176,7 +179,7 @@ class _Run:
     train_seconds: float = 0.0
 
 
-def _setup(cfg: Config, worker: Worker, inputs: RunInputs) -> _Run:
+def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
     """The model, this worker's shard of the ID train set, the fine-tuner (resumed when there is a
     state), the evaluator and rank 0's TensorBoard writer."""
     seed_everything(cfg.train.seed)
@@ -220,7 +223,7 @@ def _setup(cfg: Config, worker: Worker, inputs: RunInputs) -> _Run:
             hparams_of(cfg.model_dump(mode="json"), list(cfg.search.space)),
             ood_sets=set_names(cfg.data.ood_val),
         )
-    tuner = FineTuner(
+    finetuner = FineTuner(
         worker.wrap_model(TrainingForward(bundle.model)),
         tokenize_class_prompts(bundle.tokenizer, train_set.classnames, cfg.train.template),
         cfg.train,
@@ -231,15 +234,15 @@ def _setup(cfg: Config, worker: Worker, inputs: RunInputs) -> _Run:
         world_size=worker.world_size,
     )
     if inputs.resume_state is not None:
-        tuner.load_state_dict(inputs.resume_state, arch=cfg.model.arch)
-    return _Run(tuner, loader, steps, evaluator, writer)
+        finetuner.load_state_dict(inputs.resume_state, arch=cfg.model.arch)
+    return _Run(finetuner, loader, steps, evaluator, writer)
 
 
-def _train_epoch(run: _Run, worker: Worker, hooks: Hooks) -> dict:
+def _train_epoch(run: _Run, worker: WorkerContext, hooks: Hooks) -> dict:
     """One epoch of steps; the epoch's mean losses, throughput and time."""
-    tuner = run.tuner
+    finetuner = run.finetuner
     if hasattr(run.loader.sampler, "set_epoch"):
-        run.loader.sampler.set_epoch(tuner.epoch)
+        run.loader.sampler.set_epoch(finetuner.epoch)
     sums = {"loss": 0.0, "contrastive": 0.0, "regularizer": 0.0}
     start, n, skipped = time.perf_counter(), 0, 0
     for images, labels in run.loader:
@@ -247,24 +250,24 @@ def _train_epoch(run: _Run, worker: Worker, hooks: Hooks) -> dict:
             break
         images, labels, replaced = fill_unreadable(images, labels)
         skipped += replaced
-        hooks.before_step(worker.rank, tuner.step, images)
-        result = tuner.train_step(images, labels)
+        hooks.before_step(worker.rank, finetuner.step, images)
+        result = finetuner.train_step(images, labels)
         for k in sums:
             sums[k] += getattr(result, k)
         n += 1
     seconds = time.perf_counter() - start
     run.train_seconds += seconds
-    tuner.epoch += 1
+    finetuner.epoch += 1
     return {
-        "epoch": tuner.epoch,
-        "step": tuner.step,
+        "epoch": finetuner.epoch,
+        "step": finetuner.step,
         "world_size": worker.world_size,
         "train_loss": sums["loss"] / n,
         "train_contrastive": sums["contrastive"] / n,
         "train_regularizer": sums["regularizer"] / n,
-        "lr": tuner.lr,
-        "logit_scale": tuner.logit_scale,
-        "images_per_s": n * tuner.cfg.batch_size / seconds,
+        "lr": finetuner.lr,
+        "logit_scale": finetuner.logit_scale,
+        "images_per_s": n * finetuner.cfg.batch_size / seconds,
         "train_skipped": skipped,
         "time/train_s": run.train_seconds,
     }
@@ -272,14 +275,14 @@ def _train_epoch(run: _Run, worker: Worker, hooks: Hooks) -> dict:
 
 def evaluate_checkpoint(
     cfg: Config,
-    checkpoint: str,
+    checkpoint: str | None,
     *,
     on: str = "test",
     negatives: str | None = None,
     cache: str | None = None,
 ):
-    """Evaluate a checkpoint (a directory or ``state.pt`` on any storage) on its OoD test (or
-    validation) sets, with the negatives the trials used (``negatives``: a stored
+    """Evaluate a checkpoint (a directory or ``state.pt`` on any storage; ``None``: the starting
+    model of ``cfg``) on its OoD test (or validation) sets, with the negatives the trials used (``negatives``: a stored
     ``NegativeLabels``, as a search's preparation step writes) or mined by the starting model."""
     from raymmft.checkpoint import load_weights
     from raymmft.ood.neglabel import NegativeLabels
@@ -289,5 +292,6 @@ def evaluate_checkpoint(
     mined = NegativeLabels.load(negatives) if negatives is not None else None
     cache_location = Location.parse(cache) if cache is not None else None
     evaluator = evaluator_for(cfg, bundle, device, on=on, negatives=mined, cache=cache_location)
-    load_weights(bundle.model, checkpoint, arch=cfg.model.arch)
+    if checkpoint is not None:
+        load_weights(bundle.model, checkpoint, arch=cfg.model.arch)
     return evaluator.evaluate(bundle.model)

@@ -58,6 +58,15 @@ def check_name(name: str, what: str = "experiment name") -> str:
     return name
 
 
+def resolve_local(value: str, base: str | os.PathLike | None) -> str:
+    """A relative local path made absolute against ``base`` (the directory a command ran in): the
+    trials that read it run in other processes with other working directories. A URI
+    (``s3://...``, ``file://...``), an absolute path, or no ``base`` leave ``value`` as it is."""
+    if base is None or "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(os.fspath(base), os.path.expanduser(value)))
+
+
 def check_output(
     location: str | Location, flag: str, *, directory: bool, empty: bool = False
 ) -> Location:

@@ -16,7 +16,6 @@ import ray.train
 import ray.train.torch
 
 from raymmft.checkpoint import load_state, save_state
-from raymmft.config import Config
 
 # raymmft.loop (open_clip, the model, the data) is imported inside train_fn_per_worker: the trial
 # driver imports this module only to hand the function to TorchTrainer (saves ~2 s per trial).
@@ -84,20 +83,19 @@ def _report(metrics: dict, state: dict | None) -> None:
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
+    """Run this worker's share of the trial ``loop_config["trial"]`` (a ``TrialInputs``)."""
     # open_clip logs every model build at INFO, and Ray Train logs every report's full metric dict.
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    from raymmft.loop import RunInputs, Worker, run_training
+    from raymmft.loop import RunInputs, WorkerContext, run_training
     from raymmft.ood.neglabel import NegativeLabels
     from raymmft.storage import Location
 
-    cfg = Config.model_validate(loop_config["config"])
+    trial = loop_config["trial"]
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
-    negatives, cache, tensorboard = (
-        loop_config.get(k) for k in ("negatives", "cache_dir", "tensorboard_dir")
-    )
-    worker = Worker(
+    negatives, cache, tensorboard = trial.negatives, trial.cache_dir, trial.tensorboard_dir
+    worker = WorkerContext(
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),
         device=ray.train.torch.get_device(),
@@ -109,6 +107,6 @@ def train_fn_per_worker(loop_config: dict) -> None:
         negatives=NegativeLabels.load(negatives) if negatives else None,
         tensorboard=Location.parse(tensorboard) if tensorboard else None,
         cache=Location.parse(cache) if cache else None,
-        started_at=loop_config.get("started_at"),
+        started_at=trial.started_at,
     )
-    run_training(cfg, worker, inputs, fault_hooks())
+    run_training(trial.config, worker, inputs, fault_hooks())

@@ -286,8 +286,8 @@ def test_search_tries_the_weights_before_any_trial(tmp_path, capsys):
             "[1, 100]), got 1e-12",
         ),
         (
-            "search.score_weight=.nan",
-            "search.score_weight: Input should be a finite number, got nan",
+            "search.objectives=[{metric: id_acc, weight: .nan}]",
+            "search.objectives[0].weight: Input should be a finite number, got nan",
         ),
         # YAML's true is not 1: pydantic's lax mode would read it so
         ("train.epochs=true", "train.epochs: must be a number, got true"),
@@ -400,11 +400,11 @@ def test_space_values_points_and_rungs_are_checked(tmp_path, capsys, search, mes
 def test_a_grace_period_past_the_last_report_is_stated(tmp_path, capsys):
     """A quick run (``--set train.epochs=1``) of a config whose ASHA waits 3 evaluations runs,
     and says that ASHA stops nothing, instead of clamping without a word."""
-    from raymmft.config import load_config
-    from raymmft.search import make_scheduler
+    from raymmft.config_file import load_config
+    from raymmft.search import trial_scheduler
 
     cfg = load_config(_config(tmp_path, search={"asha": {"grace_period": 3}}))
-    scheduler = make_scheduler(cfg)
+    scheduler = trial_scheduler(cfg)
     assert scheduler._max_t == 1
     assert capsys.readouterr().out == (
         "note: search.asha.grace_period is 3 evaluations but a trial reports 1 (train.epochs 1, "
@@ -424,7 +424,7 @@ def test_a_space_of_fixed_values_only_is_not_a_search(tmp_path, capsys):
 def test_bounds_yaml_reads_as_strings_are_numbers(tmp_path):
     """YAML 1.1 reads ``1e-4`` (no dot) as a string; the config takes it as the number it spells,
     as it does for a plain field, and the space keeps numbers."""
-    from raymmft.config import load_config
+    from raymmft.config_file import load_config
 
     text = (
         _config(tmp_path)
@@ -604,7 +604,7 @@ def test_a_key_given_twice_in_the_yaml(tmp_path, capsys):
     merged.write_text(
         "base: &b {arch: raymmft-tiny, temperature: 0.05}\nmodel: {<<: *b, temperature: 0.1}\n"
     )
-    from raymmft.config import UniqueKeyLoader
+    from raymmft.config_file import UniqueKeyLoader
 
     assert yaml.load(merged.read_text(), Loader=UniqueKeyLoader)["model"]["temperature"] == 0.1
 

@@ -28,7 +28,7 @@ from raymmft.cluster import (
     check_storage,
     cluster_summary,
 )
-from raymmft.config import load_config
+from raymmft.config_file import load_config
 from raymmft.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

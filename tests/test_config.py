@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from raymmft.cli import main
-from raymmft.config import apply_trial_params, load_config, parse_overrides
+from raymmft.config import apply_trial_params
+from raymmft.config_file import load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "search_spaces" / "demo.yaml"

@@ -22,7 +22,10 @@ LAYERS = {
         "raymmft.storage",
         "raymmft.progress",
         "raymmft.text",
+        "raymmft.objectives",
+        "raymmft.search_space",
         "raymmft.config",
+        "raymmft.config_file",
         "raymmft.model",
         "raymmft.losses",
         "raymmft.text_encoder",
@@ -42,7 +45,13 @@ LAYERS = {
         "raymmft.tensorboard_log",
         "raymmft.world",
     ),
-    "ray": ("raymmft.worker", "raymmft.search", "raymmft.cluster"),
+    "ray": (
+        "raymmft.worker",
+        "raymmft.trial",
+        "raymmft.searcher",
+        "raymmft.search",
+        "raymmft.cluster",
+    ),
     "commands": ("raymmft.cli", "raymmft.commands", "raymmft"),
 }
 ORDER = list(LAYERS)

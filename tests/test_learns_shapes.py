@@ -4,7 +4,7 @@ CMA loss for a few hundred steps through the worker loop learns the 12 ID concep
 import pytest
 
 from raymmft.config import validate_config
-from raymmft.loop import Worker, run_training
+from raymmft.loop import WorkerContext, run_training
 
 RAW = {
     "model": {"arch": "raymmft-tiny", "temperature": 0.07},
@@ -25,7 +25,7 @@ RAW = {
 def test_cma_fine_tuning_learns_the_id_concepts():
     reports = []
     run_training(
-        validate_config(RAW), Worker(report=lambda metrics, state: reports.append(metrics))
+        validate_config(RAW), WorkerContext(report=lambda metrics, state: reports.append(metrics))
     )
     print("id_acc", reports[0]["id_acc"], "ood_auroc", reports[0]["ood_auroc"])
     assert len(reports) == 1 and reports[0]["step"] == 120

@@ -244,7 +244,12 @@ def test_scoring_parameters_come_from_the_config_and_word_files_are_corpora(tmp_
     settings = EvalConfig(
         neglabel=NegLabelConfig(corpus="world", exclude_categories=["noun.animal"], ngroups=3)
     )
-    assert settings.score_params == {"temperature": 0.01, "ngroups": 3, "seed": 0}
+    assert settings.score_params == {
+        "temperature": 0.01,
+        "mcm_temperature": 1.0,
+        "ngroups": 3,
+        "seed": 0,
+    }
     # a word file: one word per line, blank lines and '#' comments skipped
     table, _ = _table()
     words = tmp_path / "words.txt"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raymmft.config import apply_trial_params, validate_config
-from raymmft.loop import RunInputs, Worker, evaluator_for, model_of, run_training
+from raymmft.loop import RunInputs, WorkerContext, evaluator_for, model_of, run_training
 from raymmft.ood import embed, neglabel
 from raymmft.ood.neglabel import NegativeLabels
 from raymmft.prepare import per_trial_fields, prepare, prepared_files
@@ -62,7 +62,7 @@ def test_a_search_mines_once_for_any_number_of_trials(tmp_path, counted, trials)
     negatives = NegativeLabels.load(files["negatives"])
     for lam in torch.linspace(0, 1, trials).tolist():
         reports = []
-        worker = Worker(report=lambda m, s, out=reports: out.append(m))
+        worker = WorkerContext(report=lambda m, s, out=reports: out.append(m))
         trial = apply_trial_params(cfg, {"train.lam": lam})
         run_training(trial, worker, RunInputs(negatives=negatives))
         assert reports[-1]["neglabel/ood_auroc"] >= 0  # the trial scored with NegLabel

@@ -16,8 +16,8 @@ from PIL import Image
 
 from raymmft.commands import report as report_command
 from raymmft.errors import RaymmftError
+from raymmft.objectives import pareto_front
 from raymmft.results.experiment import read_experiment
-from raymmft.results.pareto import pareto_front
 from raymmft.results.report import write_report
 from raymmft.results.rows import trial_rows
 
@@ -227,12 +227,13 @@ def test_printed_table_is_sorted_and_marks_the_front(report):
     _, paths, _, _ = report
     lines = paths.table.splitlines()
     body = [ln for ln in lines[2:] if ln.strip() and not ln.startswith("(")]
-    ids = [ln.split()[1] if ln.startswith("*") else ln.split()[0] for ln in body]
+    ids = [ln.split()[1] if ln.startswith(("*", ">")) else ln.split()[0] for ln in body]
     # score descending, trials without a score last
     assert ids[:5] == ["aaaa0001", "aaaa0005", "aaaa0002", "aaaa0003", "aaaa0004"]
     assert ids[5] == "aaaa0006"
-    marked = {ln.split()[1] for ln in body if ln.startswith("*")}
+    marked = {ln.split()[1] for ln in body if ln.startswith(("*", ">"))}
     assert marked == {"aaaa0001", "aaaa0002", "aaaa0005"}
+    assert [ln.split()[1] for ln in body if ln.startswith(">")] == ["aaaa0001"]  # the choice
 
 
 def test_report_command_prints_table_paths_and_tensorboard(report, capsys, tmp_path):

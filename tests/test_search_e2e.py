@@ -279,7 +279,7 @@ def test_a_resumed_search_mines_nothing_and_adds_no_optuna_trial(resumed):
 
 def test_best_yaml_is_a_config_with_the_best_trials_values(search):
     _, exp_dir = search
-    from raymmft.config import load_config
+    from raymmft.config_file import load_config
     from raymmft.results.experiment import read_experiment
     from raymmft.results.rows import best_row, trial_rows
 

@@ -8,27 +8,21 @@ import pytest
 from ray import tune
 from ray.train import WorkerGroupError
 
-from raymmft import search
-from raymmft.config import load_config
+from raymmft import searcher as search
+from raymmft.config_file import load_config
 from raymmft.errors import ConfigError
-from raymmft.search import (
-    concurrent_trials,
-    failure_reason,
-    flatten_params,
-    make_scheduler,
-    make_searcher,
-    num_reports,
-    optuna_search,
-    param_space,
-    study_storage,
-)
+from raymmft.search import concurrent_trials, num_reports, trial_scheduler
+from raymmft.search_space import flatten_fields as flatten_params
+from raymmft.search_space import tune_param_space
+from raymmft.searcher import make_searcher, optuna_search, study_storage
+from raymmft.trial import failure_reason
 
 DEMO = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 
 
 def test_param_space_nests_dotted_keys_and_flattens_back():
     cfg = load_config(DEMO, ["search.space={train.lam: {loguniform: [0.001, 1.0]}, train.seed: 3}"])
-    space = param_space(cfg)
+    space = tune_param_space(cfg.search.space)
     assert isinstance(space["train"]["lam"], tune.search.sample.Float)
     assert space["train"]["lam"].lower == 0.001 and space["train"]["lam"].upper == 1.0
     assert space["train"]["seed"] == 3, "a fixed value stays fixed"
@@ -44,7 +38,7 @@ def test_searcher_is_seeded_and_multi_objective():
     draws = []
     for _ in range(2):
         searcher = optuna_search(cfg)
-        searcher.set_search_properties(None, None, param_space(cfg))
+        searcher.set_search_properties(None, None, tune_param_space(cfg.search.space))
         draws.append([searcher.suggest(f"t{i}")["train"]["lam"] for i in range(3)])
     assert draws[0] == draws[1], "same seed, same trials"
     assert len(set(draws[0])) == 3
@@ -60,7 +54,7 @@ def test_initial_points_come_first():
         ],
     )
     searcher = optuna_search(cfg)
-    searcher.set_search_properties(None, None, param_space(cfg))
+    searcher.set_search_properties(None, None, tune_param_space(cfg.search.space))
     first = [searcher.suggest(f"t{i}")["train"] for i in range(3)]
     assert first[:2] == [{"lam": 0.5, "lr": 0.2}, {"lam": 0.01, "lr": 0.1}]
     assert first[2]["lr"] in (0.1, 0.2)
@@ -69,7 +63,7 @@ def test_initial_points_come_first():
 def test_asha_rungs_follow_the_eval_period():
     cfg = load_config(DEMO, ["train.epochs=7", "eval.every_n_epochs=2"])
     assert num_reports(cfg) == 4  # epochs 2, 4, 6 and the last one, 7
-    asha = make_scheduler(cfg)
+    asha = trial_scheduler(cfg)
     assert asha._max_t == 4 and asha._metric == "score" and asha._mode == "max"
 
 
@@ -133,7 +127,7 @@ def _state_file(directory: Path, trials: dict[str, tuple[str, dict, dict]]) -> N
 
 def _resumable(cfg, total):
     alg = make_searcher(cfg, max_concurrent=2)
-    alg.set_search_properties(None, None, param_space(cfg))
+    alg.set_search_properties(None, None, tune_param_space(cfg.search.space))
     alg._total_samples = total  # what add_configurations sets from num_samples
     return alg
 
@@ -192,7 +186,7 @@ def test_resumed_search_agrees_with_the_trials_tune_restores(tmp_path, storage, 
     if storage == "journal":  # the study in the experiment: every trial once, tagged with its id
         import optuna
 
-        from raymmft.search import open_study_storage
+        from raymmft.searcher import open_study_storage
 
         stored = optuna.load_study(
             study_name="demo", storage=open_study_storage(study_storage(cfg))

@@ -1,4 +1,4 @@
-"""Worker-count invariance of the training loop itself: with the same seed and global batch, one
+"""WorkerContext-count invariance of the training loop itself: with the same seed and global batch, one
 step on 2 gloo workers (DDP) gives the same loss and the same weights as 1 worker."""
 
 import gc
@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from raymmft.config import validate_config
-from raymmft.loop import Worker, run_training
+from raymmft.loop import WorkerContext, run_training
 
 RAW = {
     "model": {"arch": "raymmft-tiny", "temperature": 0.05},
@@ -42,7 +42,7 @@ def _run(rank, world_size, port, out):
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
     reports = []
     try:
-        worker = Worker(
+        worker = WorkerContext(
             rank=rank,
             world_size=world_size,
             wrap_model=DDP if world_size > 1 else (lambda m: m),
@@ -100,7 +100,7 @@ def test_lam_changes_the_weights():
     for lam in (0.0, 0.5):
         raw = {**RAW, "train": {**RAW["train"], "lam": lam}}
         reports = []
-        worker = Worker(report=lambda m, s, out=reports: out.append((m, s)))
+        worker = WorkerContext(report=lambda m, s, out=reports: out.append((m, s)))
         run_training(validate_config(raw), worker)
         states[lam] = reports[-1]
     (m0, s0), (m1, s1) = states[0.0], states[0.5]

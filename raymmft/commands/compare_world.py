@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from raymmft.config import load_config, parse_overrides
+    from raymmft.config_file import load_config, parse_overrides
     from raymmft.storage import Location
     from raymmft.world.compare import (
         FINE_GRAINED_ID_CONCEPTS,

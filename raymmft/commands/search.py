@@ -6,7 +6,9 @@ import argparse
 import shlex
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, *, resume: bool = True) -> None:
+    """The flags of ``search`` (``resume=False``: of ``train``, which keeps no resumable state:
+    a run that stopped is run again under a new ``--name``)."""
     p.add_argument("config", nargs="?", help="search config (YAML), e.g. search_spaces/demo.yaml")
     p.add_argument("--name", help="experiment name (default: storage.name or the config's stem)")
     p.add_argument("--storage", help="results storage: a local path or s3:// / gs:// URI")
@@ -19,11 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="override a config field, e.g. --set search.num_samples=8 (repeatable)",
     )
     p.add_argument("--address", help="join an existing Ray cluster ('auto' or host:port)")
-    p.add_argument(
-        "--resume",
-        metavar="EXPERIMENT",
-        help="continue an interrupted experiment (its directory; its saved config is used)",
-    )
+    if resume:
+        p.add_argument(
+            "--resume",
+            metavar="EXPERIMENT",
+            help="continue an interrupted experiment (its directory; its saved config is used)",
+        )
+    else:
+        p.set_defaults(resume=None)
     p.add_argument(
         "--no-preflight",
         dest="preflight",
@@ -35,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_for_run(args: argparse.Namespace, *, search: bool = True):
     """The config of a new run (CONFIG + overrides) or of the experiment being resumed. A search
     refuses a ``--set`` on a searched field (``search=False``: a training run allows it)."""
-    from raymmft.config import check_searchable, load_config, load_experiment_config
+    from raymmft.config_file import check_searchable, load_config, load_experiment_config
     from raymmft.errors import ConfigError
     from raymmft.storage import check_name
 
@@ -66,6 +71,7 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_for_run(args)
+    from raymmft.errors import RunFailedError
     from raymmft.results.experiment import read_experiment
     from raymmft.results.report import write_report
     from raymmft.search import run_search
@@ -73,12 +79,23 @@ def run(args: argparse.Namespace) -> int:
     run_search(cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight)
     exp = read_experiment(cfg.storage.experiment)
     pending = exp.unfinished()
+    resume = f"raymmft search --resume {shlex.quote(exp.location.uri)}"
     if pending:
         print(
             f"search interrupted with {len(pending)} unfinished trial(s); nothing is lost. "
-            f"Resume with: raymmft search --resume {shlex.quote(exp.location.uri)}"
+            f"Resume with: {resume}"
         )
         return 130
+    failed = [t for t in exp.trials if t.status == "ERROR"]
+    for t in failed:
+        print(f"trial {t.trial_id} failed: {t.error}")
+    if len(failed) == len(exp.trials):
+        first = failed[0] if failed else None
+        why = f"trial {first.trial_id}: {first.error}" if first else "no trial ran"
+        raise RunFailedError(
+            f"no trial of the search finished ({len(failed)} failed; the first, {why}); "
+            f"each trial's error.txt under {exp.location.uri} has its traceback"
+        )
     print_search_summary(cfg, exp)
     print()
     print(write_report(exp.location).describe())
@@ -86,34 +103,44 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_search_summary(cfg, exp) -> None:
-    """The trial table (the report's rows), the best configuration, and its evaluation on the OoD
-    *test* sets, in a Ray task with one worker's resources."""
+    """The trial table (the report's rows), the choice in plain words, and the chosen
+    candidate's evaluation on the OoD *test* sets (the zero-shot starting model's when it is
+    chosen), in a Ray task with one worker's resources."""
     from raymmft.config import apply_trial_params
     from raymmft.evaluation import format_table as format_evaluation
     from raymmft.evaluation import write_json
     from raymmft.results.experiment import TEST_EVALUATION_FILE
-    from raymmft.results.rows import best_row, format_trials, searched_params, trial_rows
+    from raymmft.results.rows import (
+        choice_statement,
+        chosen_row,
+        format_trials,
+        searched_params,
+        trial_rows,
+    )
     from raymmft.search import evaluate_remote
 
+    objectives = cfg.search.goals
     rows = trial_rows(exp)
     print()
-    print(format_trials(rows))
-    best = best_row(rows, cfg.search.score_weight)
-    if best is None:
-        print("\nno trial reported id_acc and ood_auroc; nothing to choose")
+    print(format_trials(rows, objectives))
+    chosen = chosen_row(rows)
+    if chosen is None:
+        print(
+            f"\nno candidate reported every objective ({objectives.describe()}); nothing to choose"
+        )
         return
-    params = searched_params(best)
-    print(
-        f"\nbest trial {best['trial_id']} (Pareto front, highest ood_auroc + "
-        f"{cfg.search.score_weight:g} * id_acc):"
-    )
+    print(f"\n{choice_statement(rows, objectives)}")
+    params = {} if chosen.get("baseline") else searched_params(chosen)
     for k, v in sorted(params.items()):
         print(f"  {k} = {v}")
-    print(f"  checkpoint: {best['checkpoint_path']}")
-    if cfg.data.ood_test and best["checkpoint_path"]:
-        result = evaluate_remote(apply_trial_params(cfg, params), best["checkpoint_path"])
-        print("\nbest trial on the OoD *test* sets (never seen by the search):")
-        print(format_evaluation(result))
-        chosen = {"trial_id": best["trial_id"], "params": params}
-        chosen["checkpoint"] = best["checkpoint_path"]
-        write_json(result, exp.location.join(TEST_EVALUATION_FILE), chosen)
+    checkpoint = chosen.get("checkpoint_path")
+    if checkpoint:
+        print(f"  checkpoint: {checkpoint}")
+    if not cfg.data.ood_test or not (checkpoint or chosen.get("baseline")):
+        return
+    what = "the zero-shot starting model" if chosen.get("baseline") else "the chosen trial"
+    result = evaluate_remote(apply_trial_params(cfg, params), checkpoint)
+    print(f"\n{what} on the OoD *test* sets (never seen by the search):")
+    print(format_evaluation(result))
+    record = {"trial_id": chosen["trial_id"], "params": params, "checkpoint": checkpoint}
+    write_json(result, exp.location.join(TEST_EVALUATION_FILE), record)

@@ -8,7 +8,7 @@ from raymmft.commands.search import add_arguments as _search_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    _search_arguments(p)
+    _search_arguments(p, resume=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,9 +17,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_for_run(args, search=False)
     from raymmft.search import run_train
 
-    result = run_train(
-        cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight
-    )
+    result = run_train(cfg, address=args.address, preflight=args.preflight)
     print_train_summary(cfg, result)
     return 0
 

@@ -10,8 +10,11 @@ or as a mapping (YAML)::
 
 Kinds: ``builtin:shapes``, ``builtin:digits``, ``imagefolder:PATH``, ``parquet:URI`` (a local folder or
 file, or ``s3://``/``gs://``...). Options that do not apply to a kind, unknown options and unknown
-builtin class names are validation errors. Validation does no I/O: paths are resolved where the data
-is opened (on the workers).
+builtin class names are validation errors. Validation does no I/O; a relative local path (of
+``imagefolder:``/``parquet:`` and ``classnames_file``) is made absolute against the validation
+context's base directory (``raymmft.config.BASE_DIR``: the command's working directory), since the
+workers that open it run elsewhere. A spec writes out (``model_dump``) the options of its own kind
+only, defaults included, so that the dump validates back into the same spec.
 
 ``DataConfig`` groups the ID train/val sets and the OoD validation/test sets and rejects setups where
 the OoD test set overlaps an OoD validation set (searching against it leaks), where OoD classes are ID
@@ -25,15 +28,26 @@ from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from raymmft.data import digits, shapes
+from raymmft.storage import resolve_local
+
+# the validation-context key of the directory relative paths are resolved against
+BASE_DIR = "raymmft.base_dir"
 
 Split = Literal["train", "val", "test"]
 NamedClasses = Literal["id", "near_ood", "far_ood", "all"]
 NAMED_CLASSES: tuple[str, ...] = ("id", "near_ood", "far_ood", "all")
 
-KINDS = ("shapes", "digits", "imagefolder", "parquet")
 BUILTIN_KINDS = ("shapes", "digits")
 URI_FORMS = "builtin:shapes, builtin:digits, imagefolder:PATH or parquet:URI"
 
@@ -114,7 +128,7 @@ class DatasetSpec(BaseModel):
 
     @field_validator("uri")
     @classmethod
-    def _check_uri(cls, uri: str) -> str:
+    def _check_uri(cls, uri: str, info: ValidationInfo) -> str:
         uri = uri.strip()
         scheme, sep, location = uri.partition(":")
         if not sep or scheme not in ("builtin", "imagefolder", "parquet"):
@@ -126,7 +140,20 @@ class DatasetSpec(BaseModel):
             )
         if not location:
             raise ValueError(f"dataset {uri!r} names no location; expected {scheme}:PATH")
+        if scheme != "builtin":
+            return f"{scheme}:{resolve_local(location, (info.context or {}).get(BASE_DIR))}"
         return uri
+
+    @field_validator("classnames_file")
+    @classmethod
+    def _classnames_file_absolute(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return v if v is None else resolve_local(v, (info.context or {}).get(BASE_DIR))
+
+    @model_serializer(mode="wrap")
+    def _own_options(self, handler):
+        """Only this kind's options: another kind's option is refused on the way back in."""
+        own = OPTIONS_BY_KIND[self.kind] | {"uri"}
+        return {k: v for k, v in handler(self).items() if k in own}
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -200,10 +227,12 @@ class DatasetSpec(BaseModel):
     def __str__(self) -> str:
         """The string form with the options that were set, e.g. ``builtin:shapes?split=val``."""
         options = []
-        for field in type(self).model_fields:
+        for field, info in type(self).model_fields.items():
             if field in ("uri", "name") or field not in self.model_fields_set:
                 continue
             value = getattr(self, field)
+            if value == info.default:  # written out by a dump, not chosen
+                continue
             if isinstance(value, tuple):
                 value = ",".join(value)
             elif isinstance(value, bool):

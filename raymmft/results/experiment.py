@@ -27,7 +27,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from raymmft.config import EXPERIMENT_CONFIG_FILE
+from raymmft.config_file import EXPERIMENT_CONFIG_FILE
 from raymmft.errors import ConfigError, RaymmftError, StorageError, first_line
 from raymmft.storage import Location, untrusted
 

@@ -24,24 +24,43 @@ def _short_params(row: dict, limit: int = 3) -> str:
     return ", ".join(parts)
 
 
-def plot_pareto(rows: list[dict], best: dict | None, title: str):
-    """Every trial in (ID accuracy, OoD AUROC), the front highlighted with its attainment
-    boundary, the best annotated; hollow markers for trials not finished (running, errored); the
-    zero-shot starting model as a labelled black cross. Returns a matplotlib ``Figure`` (no
+AXIS_LABELS = {
+    "id_acc": "ID accuracy",
+    "ood_auroc": "OoD AUROC (mean over OoD val sets)",
+    "ood_fpr95": "OoD FPR95 (mean over OoD val sets)",
+}
+
+
+def plot_axes(objectives) -> tuple[str, str]:
+    """The two metrics a Pareto plot shows: the first two objectives (one objective: it against
+    the score)."""
+    metrics = objectives.metrics
+    return (metrics[0], metrics[1]) if len(metrics) > 1 else (metrics[0], "score")
+
+
+def plot_pareto(rows: list[dict], chosen: dict | None, title: str, axes=("id_acc", "ood_auroc")):
+    """Every candidate in the plane of ``axes`` (two metrics), the front highlighted (with its
+    attainment boundary when both are maximised), the chosen candidate annotated; hollow markers
+    for trials not finished (running, errored); the zero-shot starting model as a labelled black
+    cross (a candidate too: red-edged when on the front). Returns a matplotlib ``Figure`` (no
     pyplot: no global state, any backend)."""
     from matplotlib.figure import Figure
 
+    xm, ym = axes
     fig = Figure(figsize=(7, 5.5), dpi=110)
     ax = fig.subplots()
     base = next((r for r in rows if r.get("baseline")), None)
     rows = [r for r in rows if not r.get("baseline")]
-    valid = [r for r in rows if not (math.isnan(r["id_acc"]) or math.isnan(r["ood_auroc"]))]
-    front = sorted((r for r in valid if r.get("pareto")), key=lambda r: r["id_acc"])
+    valid = [
+        r for r in rows if not (math.isnan(to_float(r.get(xm))) or math.isnan(to_float(r.get(ym))))
+    ]
+    front = sorted((r for r in valid if r.get("pareto")), key=lambda r: r[xm])
     done = [r for r in valid if not r.get("pareto") and r["stop_reason"] in FINISHED]
     unfinished = [r for r in valid if not r.get("pareto") and r["stop_reason"] not in FINISHED]
+    both_max = not any(m.endswith("fpr95") for m in axes)
 
     def xy(rs):
-        return [r["id_acc"] for r in rs], [r["ood_auroc"] for r in rs]
+        return [r[xm] for r in rs], [r[ym] for r in rs]
 
     ax.scatter(*xy(done), s=40, c="#9e9e9e", label=f"dominated ({len(done)})", zorder=2)
     if unfinished:
@@ -53,9 +72,10 @@ def plot_pareto(rows: list[dict], best: dict | None, title: str):
             label=f"dominated, running or errored ({len(unfinished)})",
             zorder=2,
         )
-    if front:
+    if front and both_max and len(front) > 1:
         # the attainment boundary: everything below and left of it is dominated
         ax.step(*xy(front), where="pre", c="#d62728", lw=1.2, ls="--", zorder=3)
+    if front:
         ax.scatter(
             *xy(front),
             s=80,
@@ -64,34 +84,42 @@ def plot_pareto(rows: list[dict], best: dict | None, title: str):
             label=f"Pareto front ({len(front)})",
             zorder=4,
         )
-    if best is not None:
-        ax.scatter(*xy([best]), s=260, marker="*", c="#ffbf00", edgecolors="black", zorder=5)
+    if chosen is not None:
+        ax.scatter(*xy([chosen]), s=260, marker="*", c="#ffbf00", edgecolors="black", zorder=5)
     if base is not None:
+        on_front = bool(base.get("pareto"))
         ax.scatter(
-            *xy([base]), s=120, marker="X", c="black", label="zero-shot (starting model)", zorder=5
+            *xy([base]),
+            s=120,
+            marker="X",
+            c="black",
+            edgecolors="#d62728" if on_front else "black",
+            linewidths=1.5 if on_front else 0.5,
+            label="zero-shot (starting model)" + (", on the front" if on_front else ""),
+            zorder=6,
         )
-        point = (base["id_acc"], base["ood_auroc"])
+        point = (base[xm], base[ym])
         ax.annotate("zero-shot", point, xytext=(8, -12), textcoords="offset points", fontsize=8)
     if not valid:
         ax.text(0.5, 0.5, "no trial has reported yet", ha="center", transform=ax.transAxes)
     if base is not None:
         valid = [*valid, base]  # a legend and margins that include it
-    ax.set_xlabel("ID accuracy (last report)")
-    ax.set_ylabel("OoD AUROC (last report, mean over OoD val sets)")
+    ax.set_xlabel(f"{AXIS_LABELS.get(xm, xm)} (last report)")
+    ax.set_ylabel(f"{AXIS_LABELS.get(ym, ym)} (last report)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(0.12)
     if valid:
         ax.legend(loc="best", fontsize=8)
-    if best is not None:
+    if chosen is not None:
         # put the label on the side of the point that has room
         x0, x1 = ax.get_xlim()
         y0, y1 = ax.get_ylim()
-        right = best["id_acc"] > (x0 + x1) / 2
-        top = best["ood_auroc"] > (y0 + y1) / 2
+        right = chosen[xm] > (x0 + x1) / 2
+        top = chosen[ym] > (y0 + y1) / 2
         ax.annotate(
-            f"best {best['trial_id']}\n{_short_params(best)}",
-            (best["id_acc"], best["ood_auroc"]),
+            f"chosen: {chosen['trial_id']}\n{_short_params(chosen)}",
+            (chosen[xm], chosen[ym]),
             xytext=(-14 if right else 14, -30 if top else 24),
             textcoords="offset points",
             ha="right" if right else "left",

@@ -3,8 +3,9 @@
 
 - ``trials.parquet``: one row per trial, and the zero-shot baseline's;
 - ``pareto.png``, ``curves.png``, ``time.png``, ``importance.png``;
-- ``best.yaml``: the whole config with the best trial's values and no search space
-  (``raymmft train report/best.yaml`` re-runs the chosen configuration);
+- ``best.yaml``: the whole config with the chosen trial's values and no search space
+  (``raymmft train report/best.yaml`` re-runs it); when the zero-shot starting model is chosen,
+  its head says so and the config is the best fine-tuned option's;
 - ``index.html``: one self-contained page (the images inside) with all of it and the chosen
   configuration's test-set results, to open or send. Rendered with Jinja2 (autoescaping, a
   template file instead of HTML pieced together in code).
@@ -34,14 +35,17 @@ from raymmft.results.experiment import (
     read_json,
 )
 from raymmft.results.importance import Importance, plot_importance, search_importance
-from raymmft.results.plots import plot_curves, plot_pareto, plot_time, png
+from raymmft.results.plots import plot_axes, plot_curves, plot_pareto, plot_time, png
 from raymmft.results.rows import (
-    best_row,
-    config_value,
+    best_trial_row,
+    choice_statement,
+    chosen_row,
     format_trials,
+    objectives_of,
     rows_table,
     searched_params,
     sorted_rows,
+    table_columns,
     trial_rows,
     trials_only,
 )
@@ -66,6 +70,7 @@ class ReportPaths:
     table: str
     num_trials: int
     best_trial: str | None = None
+    choice: str | None = None
     notes: tuple[str, ...] = ()
 
     importance: tuple[str, ...] = ()
@@ -93,8 +98,9 @@ def write_report(
 
     exp = read_experiment(experiment)
     rows = trial_rows(exp)
-    weight = float(config_value(exp.base_config, "search.score_weight"))
-    best = best_row(rows, weight)
+    objectives = objectives_of(exp)
+    chosen = chosen_row(rows)
+    best = best_trial_row(rows, objectives)  # the best fine-tuned option (best.yaml)
     importance = search_importance(rows, exp.base_config)
 
     out = exp.location.join(REPORT_DIR) if out_dir is None else Location.parse(out_dir)
@@ -102,9 +108,10 @@ def write_report(
     names = ("trials.parquet", "pareto.png", "curves.png", "time.png", "importance.png")
     parquet, pareto, curves, times, importance_png = (out.join(n) for n in names)
     pq.write_table(rows_table(rows), parquet.fs_path, filesystem=parquet.filesystem)
-    title = f"{exp.name}: {len(trials_only(rows))} trials, Pareto front of (ID accuracy, OoD AUROC)"
+    axes = plot_axes(objectives)
+    title = f"{exp.name}: {len(trials_only(rows))} trials, Pareto front of {objectives.describe()}"
     images = {
-        "pareto": png(plot_pareto(rows, best, title)),
+        "pareto": png(plot_pareto(rows, chosen, title, axes)),
         "curves": png(plot_curves(exp, rows, top)),
         "time": png(plot_time(rows)),
         "importance": png(plot_importance(importance)),
@@ -114,9 +121,9 @@ def write_report(
     importance_png.write_bytes(images["importance"])
     best_yaml = None
     if best is not None:
-        best_yaml = out.join("best.yaml").write_text(best_config_yaml(exp, best))
+        best_yaml = out.join("best.yaml").write_text(best_config_yaml(exp, best, rows))
     notes = _notes(exp, rows) + _hparams_note(exp)
-    page = render_page(exp, rows, best, importance, images, notes, weight)
+    page = render_page(exp, rows, best, importance, images, notes)
     index = out.join("index.html").write_text(page)
     return ReportPaths(
         out_dir=str(out),
@@ -128,9 +135,10 @@ def write_report(
         index_html=str(index),
         best_yaml=str(best_yaml) if best_yaml is not None else None,
         tensorboard_command=tensorboard_command(exp.location),
-        table=format_trials(rows),
+        table=format_trials(rows, objectives),
         num_trials=len(trials_only(rows)),
         best_trial=best["trial_id"] if best else None,
+        choice=choice_statement(rows, objectives),
         notes=notes,
         importance=tuple(importance.lines()),
     )
@@ -139,7 +147,7 @@ def write_report(
 def best_config(exp: Experiment, best: dict) -> dict:
     """The search's whole config with the best trial's values set and no search space; it runs
     as a new experiment (``<name>-best``) beside the search."""
-    from raymmft.config import set_path
+    from raymmft.search_space import set_path
 
     raw = copy.deepcopy(exp.base_config)
     raw.pop("search", None)
@@ -149,11 +157,23 @@ def best_config(exp: Experiment, best: dict) -> dict:
     return raw
 
 
-def best_config_yaml(exp: Experiment, best: dict) -> str:
-    head = (
-        f"# The chosen configuration of the search {exp.name}: trial {best['trial_id']} (Pareto "
-        f"front, highest score).\n# Re-run it with: raymmft train best.yaml\n"
-    )
+def best_config_yaml(exp: Experiment, best: dict, rows: list[dict]) -> str:
+    """``best.yaml``: the best trial's whole config, under a head that says what was chosen
+    (the zero-shot starting model, when no trial beat it on the score)."""
+    chosen = chosen_row(rows)
+    if chosen is not None and chosen.get("baseline"):
+        statement = choice_statement(rows, objectives_of(exp))
+        head = (
+            f"# The search {exp.name} chose the zero-shot starting model: {statement}.\n"
+            "# Use the starting model (model.arch and model.pretrained below) as it is. What\n"
+            f"# follows is the best fine-tuned option, trial {best['trial_id']}; re-run it with:\n"
+            "# raymmft train best.yaml\n"
+        )
+    else:
+        head = (
+            f"# The chosen configuration of the search {exp.name}: trial {best['trial_id']} "
+            f"(Pareto front, highest score).\n# Re-run it with: raymmft train best.yaml\n"
+        )
     return head + yaml.safe_dump(best_config(exp, best), sort_keys=False)
 
 
@@ -192,7 +212,6 @@ def render_page(
     importance: Importance,
     images: dict[str, bytes],
     notes: tuple[str, ...],
-    score_weight: float,
 ) -> str:
     """``index.html``: the whole report on one page, the PNGs embedded as data URIs."""
     import jinja2
@@ -221,14 +240,17 @@ def render_page(
         ),
         best_id=best["trial_id"] if best else None,
         best_params=searched_params(best) if best else {},
-        best_yaml=best_config_yaml(exp, best) if best else "",
+        best_yaml=best_config_yaml(exp, best, rows) if best else "",
+        chosen=chosen_row(rows),
+        choice=choice_statement(rows, objectives_of(exp)),
+        objectives=objectives_of(exp),
+        metric_columns=table_columns(objectives_of(exp), False),
         test=test,
         importance=importance,
         importance_fields=fields,
         images={k: base64.b64encode(v).decode("ascii") for k, v in images.items()},
         time_share=sum(r["time_train_s"] for r in timed) / total if total else None,
         notes=notes,
-        score_weight=score_weight,
         tensorboard=tensorboard_command(exp.location),
         objectives_url=tensorboard_objectives_url(),
         optuna_dashboard=f"optuna-dashboard {journal.path}"

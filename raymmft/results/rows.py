@@ -3,6 +3,11 @@
 
 Stop reason: ``error`` (status ERROR), ``completed`` (reached the configured epochs),
 ``early_stopped`` (TERMINATED before them: ASHA), ``running`` / ``pending`` otherwise.
+
+The objectives, the score, the front and the choice are the search's own
+(``raymmft.objectives.Objectives``, read from the saved config). The zero-shot starting model is a
+candidate like any trial: it can be on the front and it can be chosen (then no fine-tuned trial
+beat it on the score, and the report says so).
 """
 
 from __future__ import annotations
@@ -10,12 +15,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from raymmft.config import flatten_fields
+from raymmft.objectives import SCORE, TIME_PARTS, Objectives, mode_of, to_float
 from raymmft.results.experiment import Experiment
-from raymmft.results.pareto import pareto_front
+from raymmft.search_space import flatten_fields
 
-OBJECTIVES = ("id_acc", "ood_auroc")
-# each trial's change against the zero-shot starting model
+# each trial's change against the zero-shot starting model (besides the objectives)
 DELTAS = ("id_acc", "ood_auroc", "ood_fpr95")
 BASELINE_ID = "zero-shot"
 FINISHED = ("completed", "early_stopped")
@@ -40,17 +44,8 @@ TUNE_KEYS = frozenset(
         "experiment_tag",
     }
 )
-# best_<metric> over a trial's reports: metric -> "max" or "min"
-BEST_OF = {"id_acc": "max", "ood_auroc": "max", "score": "max", "ood_fpr95": "min"}
-# where a trial's time went: each report's time/<part>_s (raymmft.loop), summed over its reports
-TIME_PARTS = ("startup", "train", "eval", "checkpoint")
-
-
-def to_float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+# best_<metric> over a trial's reports, besides the objectives
+BEST_OF = ("id_acc", "ood_auroc", "ood_fpr95", SCORE)
 
 
 def _is_number(v: Any) -> bool:
@@ -68,8 +63,8 @@ def get_field(d: dict, dotted: str, default=None):
 
 
 def config_value(base_config: dict, dotted: str, trial_config: dict | None = None):
-    """A config field of a trial: searched (``trial_config``), else the base config's, else the
-    field's default."""
+    """A config field of a trial: searched (``trial_config``), else the base config's (saved
+    whole, defaults included), else, for a config saved without its defaults, today's default."""
     from raymmft import config
 
     value = get_field(trial_config or {}, dotted, get_field(base_config, dotted))
@@ -88,18 +83,33 @@ def stop_reason(status: str, epochs: float, max_epochs: int) -> str:
     return "running" if status in ("RUNNING", "PAUSED") else "pending"
 
 
+def objectives_of(exp: Experiment) -> Objectives:
+    """The objectives the experiment's search optimised (its saved config)."""
+    search = exp.base_config.get("search") if isinstance(exp.base_config, dict) else None
+    return Objectives.of_saved(search if isinstance(search, dict) else None)
+
+
+def row_metrics(exp: Experiment) -> list[str]:
+    """The metrics every row carries as columns: the objectives, then the usual ones."""
+    usual = ["id_acc", "ood_auroc", "ood_fpr95", "modality_gap", SCORE]
+    return list(dict.fromkeys([*objectives_of(exp).metrics, *usual]))
+
+
 def trial_rows(exp: Experiment) -> list[dict]:
     """One row per trial: ``trial_id``, ``status``, ``param.<field>`` (searched), ``epochs`` (of the
     last report), ``max_epochs``, ``reports``, ``stop_reason``; the last report's objectives and
     every other metric under its reported name; ``best_<metric>``, ``best_epoch`` (of the best
     ``score``), ``time_total_s``, ``num_failures``, ``checkpoint_path``, ``path``, ``error``; and
     ``time_<part>_s`` for the parts of ``TIME_PARTS`` (summed over the reports), ``pareto`` (on
-    the front of ``OBJECTIVES``), ``baseline`` (False) and ``delta_<metric>`` against the zero-shot
-    baseline for ``DELTAS``.
+    the front of the search's objectives), ``chosen`` (the one candidate recommended: on the
+    front, highest score), ``baseline`` (False) and ``delta_<metric>`` against the zero-shot
+    baseline for the objectives and ``DELTAS``.
 
     When the experiment stored its zero-shot evaluation, the first row is that baseline:
     ``trial_id == "zero-shot"``, ``baseline`` True, ``stop_reason`` ``baseline``, its metrics as
-    the trials report theirs, never on the front."""
+    the trials report theirs; it is a candidate on the front and in the choice like a trial."""
+    objectives = objectives_of(exp)
+    metrics = row_metrics(exp)
     rows = []
     for t in exp.trials:
         last = t.results[-1] if t.results else {}
@@ -114,13 +124,15 @@ def trial_rows(exp: Experiment) -> list[dict]:
             "reports": len(t.results),
             "stop_reason": stop_reason(t.status, to_float(epochs), max_epochs),
         }
-        for key in ("id_acc", "ood_auroc", "ood_fpr95", "modality_gap", "score"):
+        for key in metrics:
             row[key] = to_float(last.get(key))
         for key, value in last.items():
             own = key not in TUNE_KEYS and key not in row and key != "epoch"
             if own and not key.startswith("time/") and _is_number(value):
                 row[key] = value
-        for metric, mode in BEST_OF.items():
+        modes = {g.metric: g.mode for g in objectives.goals}
+        for metric in dict.fromkeys([*objectives.metrics, *BEST_OF]):
+            mode = modes.get(metric, mode_of(metric))
             values = [to_float(r.get(metric)) for r in t.results]
             values = [v for v in values if not math.isnan(v)]
             row[f"best_{metric}"] = (max if mode == "max" else min)(values) if values else math.nan
@@ -137,34 +149,37 @@ def trial_rows(exp: Experiment) -> list[dict]:
         row["error"] = t.error
         row["baseline"] = False
         rows.append(row)
-    mark_front(rows)
-    base = baseline_row(exp)
+    base = baseline_row(exp, metrics)
     for row in rows:
-        for metric in DELTAS:
+        for metric in dict.fromkeys([*objectives.metrics, *DELTAS]):
             reference = base[metric] if base is not None else math.nan
             row[f"delta_{metric}"] = row[metric] - reference
-    return ([base] if base is not None else []) + rows
+    rows = ([base] if base is not None else []) + rows
+    mark_choice(rows, objectives)
+    return rows
 
 
-def baseline_row(exp: Experiment) -> dict | None:
+def baseline_row(exp: Experiment, metrics: list[str] | None = None) -> dict | None:
     """The zero-shot starting model as a row (``None`` when the experiment has no stored one)."""
     stored = exp.zero_shot()
     if stored is None or not isinstance(stored.get("metrics"), dict):
         return None
-    metrics = stored["metrics"]
     row: dict[str, Any] = {
         "trial_id": BASELINE_ID,
         "status": "BASELINE",
         "epochs": 0,
         "reports": 0,
         "stop_reason": "baseline",
-        "pareto": False,
         "baseline": True,
     }
-    for key in ("id_acc", "ood_auroc", "ood_fpr95", "modality_gap", "score"):
-        row[key] = to_float(metrics.get(key))
-    row.update({k: v for k, v in metrics.items() if k not in row and _is_number(v)})
-    for metric in DELTAS:
+    objectives = objectives_of(exp)
+    stored = dict(stored["metrics"])
+    # the score as this search defines it (a stored one may predate its objectives' weights)
+    stored[SCORE] = objectives.score(stored)
+    for key in metrics or row_metrics(exp):
+        row[key] = to_float(stored.get(key))
+    row.update({k: v for k, v in stored.items() if k not in row and _is_number(v)})
+    for metric in dict.fromkeys([*objectives.metrics, *DELTAS]):
         row[f"delta_{metric}"] = 0.0
     return row
 
@@ -174,22 +189,56 @@ def trials_only(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("baseline")]
 
 
-def mark_front(rows: list[dict]) -> list[int]:
-    """Mark the trials on the Pareto front of ``OBJECTIVES`` (the baseline is never on it)."""
-    front = pareto_front(
-        [[math.nan if r.get("baseline") else r[k] for k in OBJECTIVES] for r in rows]
-    )
+def mark_choice(rows: list[dict], objectives: Objectives) -> int | None:
+    """Mark every candidate (the baseline and the trials) on the Pareto front of the objectives
+    (``pareto``) and the one chosen (``chosen``: on the front, highest score); return its index."""
+    front = set(objectives.front(rows))
+    chosen = objectives.choose(rows)
     for i, r in enumerate(rows):
         r["pareto"] = i in front
-    return front
+        r["chosen"] = i == chosen
+    return chosen
 
 
-def best_row(rows: list[dict], score_weight: float) -> dict | None:
-    """The front's trial with the highest ``ood_auroc + w * id_acc`` (the first of equals)."""
-    front = [r for r in rows if r.get("pareto")]
-    if not front:
+def chosen_row(rows: list[dict]) -> dict | None:
+    """The recommended candidate (possibly the zero-shot baseline); ``None`` when no candidate
+    has every objective."""
+    return next((r for r in rows if r.get("chosen")), None)
+
+
+def best_trial_row(rows: list[dict], objectives: Objectives) -> dict | None:
+    """The best fine-tuned option: the choice among the trials alone."""
+    trials = trials_only(rows)
+    index = objectives.choose(trials)
+    return None if index is None else trials[index]
+
+
+def choice_statement(rows: list[dict], objectives: Objectives) -> str | None:
+    """The choice in plain words, the zero-shot starting model's case first: when it is chosen,
+    no fine-tuned trial beat it on the score, and the best trial is named as the best fine-tuned
+    option."""
+    chosen = chosen_row(rows)
+    if chosen is None:
         return None
-    return max(front, key=lambda r: r["ood_auroc"] + score_weight * r["id_acc"])
+    best = best_trial_row(rows, objectives)
+    how = f"score = {objectives.formula()}"
+    if chosen.get("baseline"):
+        if best is None:
+            return (
+                f"the zero-shot starting model is chosen: no trial reported every objective "
+                f"({objectives.describe()}); nothing was fine-tuned that could be compared"
+            )
+        return (
+            f"no trial beat the zero-shot model on score: {chosen[SCORE]:.3f} against "
+            f"{best[SCORE]:.3f} for the best trial {best['trial_id']} ({how}); the recommendation "
+            f"is the starting model itself, and {best['trial_id']} is the best fine-tuned option"
+        )
+    base = next((r for r in rows if r.get("baseline")), None)
+    against = f", zero-shot {base[SCORE]:.3f}" if base is not None else ""
+    return (
+        f"trial {chosen['trial_id']} is chosen: on the Pareto front of "
+        f"{objectives.describe()}, highest score {chosen[SCORE]:.3f}{against} ({how})"
+    )
 
 
 def searched_params(row: dict) -> dict[str, Any]:
@@ -229,22 +278,28 @@ def sorted_rows(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (not r.get("baseline"), -_nan_low(r["score"])))
 
 
-TABLE_COLUMNS = ("id_acc", "delta_id_acc", "ood_auroc", "delta_ood_auroc", "ood_fpr95")
-TABLE_COLUMNS += ("delta_ood_fpr95", "modality_gap")
+def table_columns(objectives: Objectives, has_base: bool) -> list[str]:
+    """The metric columns of the table: each objective (and its change against the baseline),
+    then the usual ones not already there, and the score."""
+    cols: list[str] = []
+    for metric in dict.fromkeys([*objectives.metrics, "id_acc", "ood_auroc", "ood_fpr95"]):
+        cols += [metric, f"delta_{metric}"] if has_base else [metric]
+    return [*cols, "modality_gap", SCORE]
 
 
-def format_trials(rows: list[dict]) -> str:
+def format_trials(rows: list[dict], objectives: Objectives) -> str:
     """The trial table: the zero-shot baseline first, then score descending, the Pareto front
-    marked ``*``, each trial's change against the baseline (``delta_*``)."""
+    marked ``*`` and the choice ``>``, each trial's change against the baseline (``delta_*``)."""
     if not rows:
         return "(no trials yet)"
     params = sorted({k for r in rows for k in r if k.startswith("param.")})
     ordered = sorted_rows(rows)
-    marks = {i: "*" for i, r in enumerate(ordered) if r.get("pareto")}
+    marks = {i: ">" if r.get("chosen") else "*" for i, r in enumerate(ordered) if r.get("pareto")}
     has_base = any(r.get("baseline") for r in rows)
     cols = ["trial_id", "status", "stop_reason", *params, "epochs"]
-    cols += [c for c in TABLE_COLUMNS if has_base or not c.startswith("delta_")]
-    legend = "(* = Pareto front of id_acc, ood_auroc"
+    cols += table_columns(objectives, has_base)
+    legend = f"(* = Pareto front of {objectives.describe()}; > = chosen: on the front, highest "
+    legend += f"score = {objectives.formula()}"
     legend += "; delta_* = change against the zero-shot starting model)" if has_base else ")"
     return format_table(ordered, cols, marks=marks) + "\n" + legend
 

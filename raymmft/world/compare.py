@@ -28,7 +28,8 @@ def world_config(overrides: dict | None = None, *, id_concepts: Sequence[str] | 
     """The comparison's configuration (the proposed demo's): fine-tune ``raymmft-world`` on 12 ID
     concepts (``id_concepts``; default: the world's default ID selection), validate on held-out
     near/far OoD sets (split ``val``), report on the test sets (split ``test``)."""
-    from raymmft.config import set_path, validate_config
+    from raymmft.config import validate_config
+    from raymmft.search_space import set_path
 
     classes = "id" if id_concepts is None else list(id_concepts)
 
@@ -78,10 +79,10 @@ def world_config(overrides: dict | None = None, *, id_concepts: Sequence[str] | 
 def finetune_world(cfg, *, negatives=None) -> dict:
     """One fine-tuning run through ``run_training`` (one in-process worker): the final state dict
     (``{"model": ..., ...}``) and the last reported (validation) metrics."""
-    from raymmft.loop import RunInputs, Worker, run_training
+    from raymmft.loop import RunInputs, WorkerContext, run_training
 
     reports: list[tuple[dict, dict | None]] = []
-    worker = Worker(report=lambda m, s: reports.append((m, s)))
+    worker = WorkerContext(report=lambda m, s: reports.append((m, s)))
     run_training(cfg, worker, RunInputs(negatives=negatives))
     metrics, state = reports[-1]
     return {"metrics": metrics, "state": state}
