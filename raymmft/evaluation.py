@@ -11,7 +11,9 @@ Definitions (docs/method.md, "Metrics"):
 - OoD metrics per OoD set and score (ID positive): AUROC, FPR at 95 % TPR, AUPR-in, AUPR-out; their
   mean over the OoD sets;
 - modality gap: ``|| mean_i f_i - mean_c T_c ||_2`` with ``f_i`` the L2-normalised ID image features
-  and ``T_c`` the L2-normalised class text features.
+  and ``T_c`` the L2-normalised class text features;
+- on request, 95 % bootstrap intervals of the accuracy and OoD metrics, and their paired difference
+  from a reference model (``raymmft.ood.bootstrap``, docs/method.md "Confidence intervals").
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from torch import Tensor
 from raymmft.config import OOD_METRICS
 from raymmft.data.loading import require_same_classes
 from raymmft.distributed import gather_rows, shard_bounds
+from raymmft.ood.bootstrap import BootstrapIntervals, Estimate, bootstrap_intervals
 from raymmft.ood.embed import CachedTokenizer, TextEncoder, class_text_features, encode_images
 from raymmft.ood.metrics import accuracy, ood_metrics
 from raymmft.ood.scores import SCORES, ScoreContext, clip_logits, get_score
 from raymmft.progress import Progress, say
 from raymmft.storage import Location
+from raymmft.text_encoder import clip_of
 
 METRICS = OOD_METRICS
 METRIC_TITLES = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out"}
@@ -58,6 +62,30 @@ class EvaluationResult:
     num_skipped: int = 0  # unreadable images left out (skip_corrupt)
     id_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # score -> [N_id]
     ood_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    # whether each ID image is classified right, [N_id] bool: what the accuracy bootstrap resamples
+    id_correct: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+    logit_scale: float | None = None  # the model's, which MSP used
+    intervals: BootstrapIntervals | None = field(default=None, repr=False)  # add_intervals
+
+    def add_intervals(
+        self,
+        num_resamples: int,
+        seed: int = 0,
+        *,
+        reference: EvaluationResult | None = None,
+        reference_name: str = "reference",
+    ) -> BootstrapIntervals:
+        """Compute (``raymmft.ood.bootstrap.bootstrap_intervals``) and keep the 95 % bootstrap
+        intervals of every metric, with the paired difference from ``reference`` (another model's
+        evaluation of the same images) when given; ``to_dict`` and ``format_table`` show them."""
+        self.intervals = bootstrap_intervals(
+            self,
+            num_resamples=num_resamples,
+            seed=seed,
+            reference=reference,
+            reference_name=reference_name,
+        )
+        return self.intervals
 
     def flat_metrics(self) -> dict[str, float]:
         """One flat dict for reporting (Ray Tune, TensorBoard).
@@ -79,10 +107,18 @@ class EvaluationResult:
         return out
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (no raw score arrays)."""
-        return {
+        """JSON-ready summary (no raw score arrays).
+
+        With intervals (``add_intervals``), each bounded metric's key ``K`` has a sibling
+        ``K_ci95`` of the same shape with ``[low, high]`` in place of each value
+        (``id_accuracy_ci95``, ``ood.<set>.metrics_ci95``, ``mean_ci95``), ``bootstrap`` says how
+        they were drawn, and with a reference ``delta_vs_reference`` holds ``{"value", "ci95"}``
+        per metric in the shapes of ``id_accuracy``, ``ood.<set>.metrics`` and ``mean``.
+        """
+        out = {
             "id_accuracy": self.id_accuracy,
             "modality_gap": self.modality_gap,
+            "logit_scale": self.logit_scale,
             "primary_score": self.primary_score,
             "scores": list(self.scores),
             "num_id": self.num_id,
@@ -95,6 +131,35 @@ class EvaluationResult:
             },
             "mean": self.mean,
         }
+        ci = self.intervals
+        if ci is None:
+            return out
+        out["id_accuracy_ci95"] = list(ci.id_accuracy)
+        for name, entry in out["ood"].items():
+            entry["metrics_ci95"] = _nested(ci.per_set[name], list)
+        out["mean_ci95"] = _nested(ci.mean, list)
+        out["bootstrap"] = {
+            "resamples": ci.num_resamples,
+            "seed": ci.seed,
+            "interval": "95 % percentile; ID and each OoD set resampled apart, with replacement",
+        }
+        if ci.delta is not None:
+            d = ci.delta
+            out["delta_vs_reference"] = {
+                "reference": d.reference,
+                "id_accuracy": _estimate(d.id_accuracy),
+                "ood": {name: _nested(by, _estimate) for name, by in d.per_set.items()},
+                "mean": _nested(d.mean, _estimate),
+            }
+        return out
+
+
+def _nested(by_score: Mapping[str, Mapping[str, object]], convert) -> dict:
+    return {s: {m: convert(v) for m, v in by.items()} for s, by in by_score.items()}
+
+
+def _estimate(e: Estimate) -> dict:
+    return {"value": e.value, "ci95": list(e.ci95)}
 
 
 def modality_gap(image_features: Tensor, text_features: Tensor) -> float:
@@ -133,15 +198,21 @@ def evaluate_embeddings(
     scores: Sequence[str],
     primary_score: str | None = None,
     params: Mapping[str, object] | None = None,
+    logit_scale: float | None = None,
     inputs: Mapping[str, Mapping[str, Tensor]] | None = None,
     device: torch.device | str | None = None,
 ) -> EvaluationResult:
     """All metrics from features: image features ``[N, D]`` (ID) and per OoD set, class text features
     ``[C, D]``; ``params`` are the scores' settings (``EvalConfig.score_params``: temperature,
-    NegLabel's groups and seed), ``inputs[score]`` what a score's setup provides (NegLabel's
-    negatives: ``{"neglabel": {"neg_text_features": [M, D]}}``). Scores run on ``device``."""
+    MCM's temperature, NegLabel's groups and seed), ``logit_scale`` the model's
+    ``exp(model.logit_scale)`` that MSP scales its logits by (features do not carry it: MSP is
+    refused without it, no default stands for a model's), ``inputs[score]`` what a score's setup
+    provides (NegLabel's negatives: ``{"neglabel": {"neg_text_features": [M, D]}}``). Scores run
+    on ``device``."""
     scores, primary = _check_scores(scores, primary_score)
     params = {"temperature": 0.01, **(params or {})}
+    if logit_scale is not None:
+        params["logit_scale"] = float(logit_scale)
     inputs = dict(inputs or {})
     if not ood_features:
         raise ValueError("need at least one OoD set to evaluate OoD detection")
@@ -171,7 +242,9 @@ def evaluate_embeddings(
                 out[name].append(value.double().cpu())
         return {name: torch.cat(values).numpy() for name, values in out.items()}
 
-    acc = accuracy(clip_logits(id_features.to(device), text, params["temperature"]), id_labels)
+    logits = clip_logits(id_features.to(device), text, params["temperature"])
+    acc = accuracy(logits, id_labels)
+    id_correct = (logits.argmax(dim=-1).cpu() == id_labels).numpy()
     id_scores = compute(id_features)
     ood_scores = {name: compute(feats) for name, feats in ood_features.items()}
     per_set = {
@@ -196,6 +269,8 @@ def evaluate_embeddings(
         num_negatives=None if negatives is None else int(negatives.shape[0]),
         id_scores=id_scores,
         ood_scores=ood_scores,
+        id_correct=id_correct,
+        logit_scale=params.get("logit_scale"),
     )
 
 
@@ -296,7 +371,9 @@ class Evaluator:
         return gather_rows(feats, self.world_size), gather_rows(labels, self.world_size), int(total)
 
     def evaluate(self, model: torch.nn.Module) -> EvaluationResult:
-        """Every metric of ``model`` (the current weights of the bundle's architecture)."""
+        """Every metric of ``model`` (the current weights of the bundle's architecture); MSP with
+        its current logit scale."""
+        logit_scale = float(clip_of(model).logit_scale.detach().exp())
         encode = self.text_encoder(model)
         text = class_text_features(encode, self.classnames, self.settings.templates)
         inputs = {name: setup.inputs(encode) for name, setup in self.setups.items()}
@@ -313,6 +390,7 @@ class Evaluator:
             scores=self.scores,
             primary_score=self.primary,
             params=self.settings.score_params,
+            logit_scale=logit_scale,
             inputs=inputs,
             device=self.device,
         )
@@ -327,36 +405,77 @@ def _pct(value: float) -> str:
     return "nan" if math.isnan(value) else f"{100 * value:.2f}"
 
 
+def _with_ci(value: float, ci: tuple[float, float] | None, sign: str = "") -> str:
+    """``91.23`` or, with an interval, ``91.23 [90.10, 92.40]`` (in %)."""
+    if math.isnan(value):
+        return "nan"
+    text = f"{100 * value:{sign}.2f}"
+    if ci is None:
+        return text
+    return f"{text} [{100 * ci[0]:{sign}.2f}, {100 * ci[1]:{sign}.2f}]"
+
+
 def format_table(result: EvaluationResult) -> str:
     """The results as text: ID accuracy and modality gap, then per score a table of OoD sets
-    (AUROC, FPR95, AUPR-in, AUPR-out in %) with their mean; the primary score first."""
+    (AUROC, FPR95, AUPR-in, AUPR-out in %) with their mean; the primary score first. With
+    intervals (``add_intervals``) every metric shows its 95 % interval, ``91.23 [90.10, 92.40]``,
+    and a paired difference from a reference is a row of signed mean differences per score and a
+    line for the ID accuracy."""
+    ci = result.intervals
+    delta = ci.delta if ci is not None else None
     ordered = [result.primary_score] + [s for s in result.scores if s != result.primary_score]
     names = list(result.per_set)
-    width = max([len("OoD set"), len("mean"), *(len(n) for n in names)])
+    delta_row = f"delta vs {delta.reference}" if delta is not None else ""
+    width = max([len("OoD set"), len("mean"), len(delta_row), *(len(n) for n in names)])
+
+    def cells(score: str, name: str | None) -> list[str]:
+        values = result.mean[score] if name is None else result.per_set[name][score]
+        bounds = (
+            None if ci is None else (ci.mean[score] if name is None else ci.per_set[name][score])
+        )
+        return [_with_ci(values[m], bounds and bounds[m]) for m in METRICS]
+
+    rows = {s: {n: cells(s, n) for n in [*names, None]} for s in ordered}  # None: the mean
+    deltas = {
+        s: [_with_ci(e.value, e.ci95, "+") for e in by.values()]
+        for s, by in (delta.mean.items() if delta is not None else ())
+    }
+    every = [c for by in rows.values() for row in by.values() for c in row]
+    cell = max([8, *(len(c) for c in every + [c for row in deltas.values() for c in row])])
     header = f"{'OoD set':<{width}}  {'images':>7}" + "".join(
-        f"  {METRIC_TITLES[m]:>8}" for m in METRICS
+        f"  {METRIC_TITLES[m]:>{cell}}" for m in METRICS
     )
     negs = f", {result.num_negatives} negative labels" if result.num_negatives is not None else ""
+    accuracy = _with_ci(result.id_accuracy, ci and ci.id_accuracy)
     lines = [
-        f"ID accuracy: {_pct(result.id_accuracy)} %  ({result.num_id} images, "
-        f"{result.num_classes} classes{negs})",
+        f"ID accuracy: {accuracy} %  ({result.num_id} images, {result.num_classes} classes{negs})",
         f"modality gap: {result.modality_gap:.4f}",
     ]
+    if delta is not None:
+        change = _with_ci(delta.id_accuracy.value, delta.id_accuracy.ci95, "+")
+        lines.append(f"ID accuracy {delta_row}: {change} points")
+    if ci is not None:
+        lines.append(
+            f"[95 % bootstrap intervals: {ci.num_resamples} resamples of the ID and each OoD "
+            f"set, seed {ci.seed}]"
+        )
     if result.num_skipped:
         lines.append(f"unreadable images skipped: {result.num_skipped}")
     for score in ordered:
         tag = " (primary)" if score == result.primary_score else ""
         lines += ["", f"score: {score}{tag}", header, "-" * len(header)]
         for name in names:
-            values = result.per_set[name][score]
             lines.append(
                 f"{name:<{width}}  {result.num_ood[name]:>7}"
-                + "".join(f"  {_pct(values[m]):>8}" for m in METRICS)
+                + "".join(f"  {c:>{cell}}" for c in rows[score][name])
             )
         lines.append(
-            f"{'mean':<{width}}  {'':>7}"
-            + "".join(f"  {_pct(result.mean[score][m]):>8}" for m in METRICS)
+            f"{'mean':<{width}}  {'':>7}" + "".join(f"  {c:>{cell}}" for c in rows[score][None])
         )
+        if score in deltas:
+            lines.append(
+                f"{delta_row:<{width}}  {'':>7}" + "".join(f"  {c:>{cell}}" for c in deltas[score])
+            )
     return "\n".join(lines)
 
 

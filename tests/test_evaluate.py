@@ -44,14 +44,18 @@ def test_evaluate_embeddings_equals_library_functions(monkeypatch):
         ood,
         scores=names,
         primary_score="mcm",
-        params={"temperature": 0.05, **params},
+        params={"temperature": 0.05, "mcm_temperature": 0.5, **params},
+        logit_scale=30.0,
         inputs=inputs,
     )
     assert res.scores == names and res.primary_score == "mcm"
     logits = F.normalize(id_feats, dim=-1) @ F.normalize(text, dim=-1).T
     assert res.id_accuracy == accuracy(logits, labels)
+    np.testing.assert_array_equal(res.id_correct, (logits.argmax(-1) == labels).numpy())
+    assert res.id_correct.mean() == res.id_accuracy and res.logit_scale == 30.0
+    own = {"mcm": {"mcm_temperature": 0.5}, "msp": {"logit_scale": 30.0}}
     for name in names:
-        kwargs = {"temperature": 0.05, **(params if name == "neglabel" else {})}
+        kwargs = own.get(name, {"temperature": 0.05, **(params if name == "neglabel" else {})})
         kwargs.update(inputs.get(name, {}))
         id_s = get_score(name)(id_feats, text, **kwargs)
         np.testing.assert_array_equal(res.id_scores[name], id_s.double().numpy())
@@ -72,7 +76,8 @@ def test_evaluate_embeddings_equals_library_functions(monkeypatch):
         ood,
         scores=names,
         primary_score="mcm",
-        params={"temperature": 0.05, **params},
+        params={"temperature": 0.05, "mcm_temperature": 0.5, **params},
+        logit_scale=30.0,
         inputs=inputs,
     )
     for name in names:
@@ -99,11 +104,15 @@ def test_modality_gap_formula():
 
 def test_primary_score_is_always_computed_and_errors():
     id_feats, labels, text, ood, negs = _features()
-    res = evaluate_embeddings(id_feats, labels, text, ood, scores=["msp"], primary_score="energy")
+    res = evaluate_embeddings(
+        id_feats, labels, text, ood, scores=["msp"], primary_score="energy", logit_scale=100.0
+    )
     assert (
         res.scores == ["msp", "energy"]
         and res.flat_metrics()["ood_auroc"] == res.mean["energy"]["auroc"]
     )
+    with pytest.raises(ConfigError, match=r"^OoD score 'msp' needs the model's logit scale"):
+        evaluate_embeddings(id_feats, labels, text, ood, scores=["msp"])
     with pytest.raises(ConfigError, match=r"^OoD score 'neglabel' needs negative text features$"):
         evaluate_embeddings(id_feats, labels, text, ood, scores=["neglabel"])
     with pytest.raises(ConfigError, match=r"^unknown OoD score 'knn' \(known: energy, max_logit"):
@@ -304,3 +313,99 @@ def test_remine_each_eval_ignores_given_negatives_and_cache(tiny, tmp_path):
         counts.append(evaluator.evaluate(tiny.model).num_negatives)
     assert counts == [6, 12]
     assert not list(tmp_path.iterdir())
+
+
+def test_evaluator_gives_msp_the_models_logit_scale_and_mcm_its_own_temperature(tiny):
+    import copy
+
+    from raymmft.ood.scores import clip_msp_score, mcm_score
+
+    model = copy.deepcopy(tiny.model)
+    bundle = dataclasses.replace(tiny, model=model)
+    settings = EvalConfig(scores=["msp", "mcm"], ood_score="msp", mcm_temperature=0.8, batch_size=7)
+    evaluator = Evaluator(settings, bundle, CLASSES, _set(12, 1), {"x": _set(10, 2)})
+    id_feats = encode_images(model, _loader(_set(12, 1)))[0]
+    text = class_text_features(_encoder(bundle), CLASSES, settings.templates)
+    results = {}
+    for scale in (100.0, 5.0):
+        with torch.no_grad():
+            model.logit_scale.fill_(np.log(scale))
+        res = evaluator.evaluate(model)
+        assert res.logit_scale == pytest.approx(scale, rel=1e-6)
+        expected = clip_msp_score(id_feats, text, scale).double().numpy()
+        np.testing.assert_allclose(res.id_scores["msp"], expected, rtol=1e-5, atol=1e-7)
+        expected = mcm_score(id_feats, text, 0.8).double().numpy()
+        np.testing.assert_allclose(res.id_scores["mcm"], expected, rtol=1e-5, atol=1e-7)
+        results[scale] = res
+    # the scale moves MSP, not MCM (nor the accuracy)
+    assert np.abs(results[100.0].id_scores["msp"] - results[5.0].id_scores["msp"]).min() > 1e-4
+    np.testing.assert_array_equal(results[100.0].id_scores["mcm"], results[5.0].id_scores["mcm"])
+    assert results[100.0].id_accuracy == results[5.0].id_accuracy
+    assert results[5.0].to_dict()["logit_scale"] == pytest.approx(5.0, rel=1e-6)
+
+
+def _with_intervals(reference=None):
+    id_feats, labels, text, ood, negs = _features()
+    res = evaluate_embeddings(id_feats, labels, text, ood, scores=["mcm", "energy"])
+    res.add_intervals(200, seed=3, reference=reference, reference_name="start")
+    return res
+
+
+def test_to_dict_keeps_its_keys_and_puts_intervals_beside_them():
+    plain = evaluate_embeddings(*_features()[:4], scores=["mcm", "energy"])
+    res = _with_intervals()
+    d, before = res.to_dict(), plain.to_dict()
+    # every key a consumer read before is there with the same value
+    for key, value in before.items():
+        if key != "ood":
+            assert d[key] == value, key
+    for name, entry in before["ood"].items():
+        assert d["ood"][name]["metrics"] == entry["metrics"]
+        assert d["ood"][name]["num_samples"] == entry["num_samples"]
+    ci = res.intervals
+    assert d["id_accuracy_ci95"] == list(ci.id_accuracy)
+    assert d["id_accuracy_ci95"][0] <= d["id_accuracy"] <= d["id_accuracy_ci95"][1]
+    for name in ("a", "b"):
+        bounds = d["ood"][name]["metrics_ci95"]
+        assert bounds.keys() == d["ood"][name]["metrics"].keys() == {"mcm", "energy"}
+        for score, by in bounds.items():
+            assert by.keys() == d["ood"][name]["metrics"][score].keys()
+            assert by["auroc"] == list(ci.per_set[name][score]["auroc"])
+    assert d["mean_ci95"]["energy"]["fpr95"] == list(ci.mean["energy"]["fpr95"])
+    assert d["bootstrap"]["resamples"] == 200 and d["bootstrap"]["seed"] == 3
+    assert "delta_vs_reference" not in d and "bootstrap" not in before
+    import json
+
+    json.dumps(d)  # JSON-ready: no tuples of numpy floats
+
+
+def test_paired_difference_in_to_dict_and_table():
+    reference = evaluate_embeddings(*_features()[:4], scores=["mcm", "energy"])
+    res = _with_intervals(reference)
+    delta = res.to_dict()["delta_vs_reference"]
+    assert delta["reference"] == "start"
+    assert delta["id_accuracy"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    assert delta["mean"]["mcm"]["auroc"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    assert delta["ood"]["b"]["energy"]["aupr_out"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    table = format_table(res)
+    assert "ID accuracy delta vs start: +0.00 [+0.00, +0.00] points" in table
+    row = next(line for line in table.splitlines() if line.startswith("delta vs start"))
+    assert row.split()[3:] == ["+0.00", "[+0.00,", "+0.00]"] * 4
+
+
+def test_format_table_shows_the_intervals():
+    res = _with_intervals()
+    table = format_table(res)
+    lo, hi = res.intervals.id_accuracy
+    acc = f"{100 * res.id_accuracy:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] %"
+    assert f"ID accuracy: {acc}  (60 images, 4 classes)" in table
+    assert "[95 % bootstrap intervals: 200 resamples of the ID and each OoD set, seed 3]" in table
+    row = next(line for line in table.splitlines() if line.startswith("b "))
+    m, ci = res.per_set["b"]["mcm"], res.intervals.per_set["b"]["mcm"]
+    expected = ["b", "17"]
+    for k in ("auroc", "fpr95", "aupr_in", "aupr_out"):
+        low, high = ci[k]
+        expected += [f"{100 * m[k]:.2f}", f"[{100 * low:.2f},", f"{100 * high:.2f}]"]
+    assert row.split() == expected
+    header = next(line for line in table.splitlines() if line.startswith("OoD set"))
+    assert len(header) == len(row)  # the columns widen to hold the intervals

@@ -9,6 +9,7 @@ import torch
 from raymmft.errors import ConfigError
 from raymmft.ood.scores import (
     SCORES,
+    clip_msp_score,
     energy_score,
     get_score,
     max_logit_score,
@@ -59,11 +60,56 @@ def test_logit_scores_match_formulas():
     assert msp_score(torch.zeros(2, 4)).tolist() == [0.25, 0.25]
 
 
-@pytest.mark.parametrize("temp", [0.01, 0.05, 1.0])
+def _cosines(f: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+    """The explicit cosine matrix ``[N, C]``, element by element in float64."""
+    f, t = f.double().numpy(), t.double().numpy()
+    return np.array(
+        [[a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) for b in t] for a in f], dtype=np.float64
+    )
+
+
+def _np_softmax_max(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).max(axis=1)
+
+
+@pytest.mark.parametrize("temp", [0.01, 0.05, 1.0, 3.0])
 def test_mcm_matches_formula(feats, temp):
     f, t, _ = feats
-    ref = _softmax(_unit(f.double().numpy()) @ _unit(t.double().numpy()).T / temp).max(1)
+    ref = _np_softmax_max(_cosines(f, t) / temp)
     np.testing.assert_allclose(mcm_score(f, t, temp).numpy(), ref, rtol=1e-5, atol=1e-7)
+    registry = get_score("mcm")(f, t, mcm_temperature=temp)
+    np.testing.assert_allclose(registry.numpy(), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_mcm_default_is_tau_one_on_random_features():
+    g = torch.Generator().manual_seed(7)
+    f, t = torch.randn(200, 32, generator=g), torch.randn(10, 32, generator=g)
+    ref = _np_softmax_max(_cosines(f, t))
+    np.testing.assert_allclose(get_score("mcm")(f, t).numpy(), ref, rtol=1e-6)
+    np.testing.assert_allclose(mcm_score(f, t).numpy(), ref, rtol=1e-6)
+    # at tau = 1 on cosines in [-1, 1], MCM stays close to uniform: max <= e^2 / (e^2 + C - 1)
+    c = t.shape[0]
+    assert (ref > 1 / c).all() and (ref <= np.e**2 / (np.e**2 + c - 1)).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 14.3, 100.0])
+def test_msp_is_softmax_of_the_models_scaled_logits(feats, scale):
+    f, t, _ = feats
+    ref = _np_softmax_max(scale * _cosines(f, t))
+    np.testing.assert_allclose(clip_msp_score(f, t, scale).numpy(), ref, rtol=1e-5, atol=1e-7)
+    registry = get_score("msp")(f, t, logit_scale=scale)
+    np.testing.assert_allclose(registry.numpy(), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_mcm_and_msp_differ_when_their_scales_differ(feats):
+    f, t, _ = feats
+    mcm = get_score("mcm")(f, t, mcm_temperature=1.0)
+    msp = get_score("msp")(f, t, logit_scale=100.0)
+    assert (msp - mcm).abs().min() > 1e-3  # every image, not only on average
+    # the same scale on both sides is the same number: what differs is the scale alone
+    same = get_score("msp")(f, t, logit_scale=1 / 0.5)
+    assert torch.allclose(same, get_score("mcm")(f, t, mcm_temperature=0.5), rtol=1e-6)
 
 
 @pytest.mark.parametrize("temp", [0.01, 0.1])
@@ -129,19 +175,23 @@ def test_registry_uniform_call_matches_functions(feats):
         torch.nn.functional.normalize(f, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).T / temp
     )
     expected = {
-        "msp": msp_score(logits),
+        "msp": msp_score(logits * temp * 50.0),  # the model's scale, 50
         "max_logit": max_logit_score(logits),
         "energy": energy_score(logits, 1.0),
-        "mcm": mcm_score(f, t, temp),
+        "mcm": mcm_score(f, t, 0.7),
         "neglabel": neglabel_score(f, t, n, temp),
     }
     assert sorted(SCORES) == sorted(expected)
+    own = {"msp": {"logit_scale": 50.0}, "mcm": {"mcm_temperature": 0.7}}
     for name, value in expected.items():
         inputs = {"neg_text_features": n} if name == "neglabel" else {}
-        got = get_score(name)(f, t, temperature=temp, **inputs)
+        kwargs = own.get(name, {"temperature": temp})
+        got = get_score(name)(f, t, **kwargs, **inputs)
         assert torch.allclose(got, value, rtol=1e-5), name
-    shared = {"temperature": temp, "ngroups": 2, "seed": 1}
+    shared = {"temperature": temp, "mcm_temperature": 0.7, "ngroups": 2, "seed": 1}
     assert torch.allclose(get_score("mcm").call_with(f, t, shared), expected["mcm"])
+    with_scale = {**shared, "logit_scale": 50.0}
+    assert torch.allclose(get_score("msp").call_with(f, t, with_scale), expected["msp"], rtol=1e-5)
     assert torch.allclose(
         get_score("neglabel").call_with(f, t, shared, {"neg_text_features": n}),
         neglabel_score(f, t, n, temp, ngroups=2, seed=1),
@@ -157,9 +207,21 @@ def test_registry_errors(feats):
         get_score("neglabel")(f, t)
     with pytest.raises(
         ConfigError,
-        match=r"^unknown parameter 'ngroups' for OoD score 'mcm' \(known: temperature\)$",
+        match=r"^unknown parameter 'ngroups' for OoD score 'mcm' \(known: mcm_temperature\)$",
     ):
         get_score("mcm")(f, t, ngroups=2)
+    with pytest.raises(
+        ConfigError,
+        match=r"^unknown parameter 'temperature' for OoD score 'msp' \(known: logit_scale\)$",
+    ):
+        get_score("msp")(f, t, temperature=0.01, logit_scale=100.0)
+    with pytest.raises(
+        ConfigError,
+        match=r"^OoD score 'msp' needs the model's logit scale \(logit_scale = "
+        r"exp\(model.logit_scale\)\)$",
+    ):
+        get_score("msp").call_with(f, t, {"temperature": 0.01, "mcm_temperature": 1.0})
+    assert SCORES["msp"].params == ("logit_scale",) and SCORES["mcm"].params == ("mcm_temperature",)
 
 
 def test_score_input_errors(feats):
@@ -170,6 +232,8 @@ def test_score_input_errors(feats):
         neglabel_score(f, t, n, ngroups=61)
     with pytest.raises(ValueError, match=r"^temperature must be > 0, got 0.0$"):
         mcm_score(f, t, 0.0)
+    with pytest.raises(ValueError, match=r"^logit_scale must be > 0, got -1.0$"):
+        clip_msp_score(f, t, -1.0)
     with pytest.raises(
         ValueError, match=r"^image_features must be 2-D \[N, D\], got shape \(16,\)$"
     ):

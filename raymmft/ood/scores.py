@@ -4,8 +4,14 @@ Each score is a pure function of tensors. The registry ``SCORES`` gives every sc
 
     SCORES[name](image_features, id_text_features, neg_text_features, **params) -> [N] scores
 
-so the evaluator can compute any score by name (as OpenOOD's postprocessors are looked up). For the
-logit-based scores on CLIP, ``logits = f @ T^T / temperature`` with ``f`` and ``T`` L2-normalised.
+so the evaluator can compute any score by name (as OpenOOD's postprocessors are looked up). With
+``f`` and ``T`` L2-normalised, the scores read the cosines ``f . T_c`` at three scales:
+
+- MSP: the model's own logits, ``logit_scale * f . T_c`` (``logit_scale = exp(model.logit_scale)``,
+  the scale the model was trained with; the evaluator passes the current model's);
+- MCM: its own softmax temperature, ``f . T_c / mcm_temperature`` (1 in Ming et al., 2022);
+- max-logit, energy and NegLabel: the score temperature, ``f . T_c / temperature`` (0.01).
+
 Scores are computed in float32 (float64 if the inputs are float64) and returned on the input device.
 """
 
@@ -23,6 +29,7 @@ from raymmft.errors import ConfigError
 from raymmft.ood.neglabel import setup_neglabel
 
 DEFAULT_TEMPERATURE = 0.01
+DEFAULT_MCM_TEMPERATURE = 1.0  # Ming et al., 2022: tau = 1 on cosine similarities
 DEFAULT_BATCH_SIZE = 1024
 
 
@@ -35,9 +42,9 @@ def _check_2d(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(t.shape)}")
 
 
-def _check_temperature(temperature: float) -> None:
+def _check_temperature(temperature: float, name: str = "temperature") -> None:
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ValueError(f"{name} must be > 0, got {temperature}")
 
 
 def _normalise(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -74,10 +81,20 @@ def clip_logits(
 
 
 def mcm_score(
-    image_features: Tensor, id_text_features: Tensor, temperature: float = DEFAULT_TEMPERATURE
+    image_features: Tensor, id_text_features: Tensor, temperature: float = DEFAULT_MCM_TEMPERATURE
 ) -> Tensor:
-    """Maximum concept matching (Ming et al., 2022): ``max_c softmax_c(f . T_c / t)``."""
+    """Maximum concept matching (Ming et al., NeurIPS 2022, eq. 3):
+    ``max_c softmax_c(cos(f, T_c) / tau)``, with MCM's own ``tau`` (1 in the paper), not the model's
+    logit scale: MSP on the model's logits is ``clip_msp_score``."""
     return msp_score(clip_logits(image_features, id_text_features, temperature))
+
+
+def clip_msp_score(image_features: Tensor, id_text_features: Tensor, logit_scale: float) -> Tensor:
+    """MSP of CLIP's own logits: ``max_c softmax_c(logit_scale * cos(f, T_c))``, ``logit_scale`` the
+    model's ``exp(model.logit_scale)`` (1 / its learned temperature)."""
+    logit_scale = float(logit_scale)
+    _check_temperature(logit_scale, "logit_scale")
+    return msp_score(clip_logits(image_features, id_text_features, 1.0) * logit_scale)
 
 
 def _logsumexp_(x: Tensor) -> Tensor:
@@ -147,7 +164,11 @@ def neglabel_score(
 # --- registry --------------------------------------------------------------------------------------
 
 
-INPUT_NAMES = {"neg_text_features": "negative text features"}
+# what a score may need that no config default stands for: named in the error when it is missing
+INPUT_NAMES = {
+    "neg_text_features": "negative text features",
+    "logit_scale": "the model's logit scale (logit_scale = exp(model.logit_scale))",
+}
 
 
 @dataclass
@@ -174,13 +195,15 @@ class OodScore:
     the settings it declares (a subset of ``EvalConfig.score_params``) and ``inputs`` come from its
     ``setup``: a score that needs preparation (NegLabel's negatives) has a ``setup(context)`` that
     returns an object with ``inputs(encode) -> dict`` (per evaluation, for the current model) and
-    ``info() -> dict``.
+    ``info() -> dict``. ``required`` are the ``params`` with no default (MSP's ``logit_scale``: the
+    model's, which only the caller knows).
     """
 
     name: str
     fn: Callable[..., Tensor]
     params: tuple[str, ...]
     inputs: tuple[str, ...] = ()  # what its setup provides, e.g. neg_text_features
+    required: tuple[str, ...] = ()  # params that must be given
     setup: Callable[[ScoreContext], Any] | None = None
     description: str = field(default="", compare=False)
 
@@ -193,7 +216,7 @@ class OodScore:
                 f"unknown parameter '{unknown[0]}' for OoD score '{self.name}' "
                 f"(known: {', '.join(sorted(self.params))})"
             )
-        for name in self.inputs:
+        for name in (*self.inputs, *self.required):
             if kwargs.get(name) is None:
                 raise ConfigError(f"OoD score '{self.name}' needs {INPUT_NAMES[name]}")
         return self.fn(image_features, id_text_features, **kwargs)
@@ -210,8 +233,8 @@ class OodScore:
         return self(image_features, id_text_features, **(inputs or {}), **own)
 
 
-def _msp(f, t, temperature=DEFAULT_TEMPERATURE):
-    return msp_score(clip_logits(f, t, temperature))
+def _msp(f, t, logit_scale=None):
+    return clip_msp_score(f, t, logit_scale)
 
 
 def _max_logit(f, t, temperature=DEFAULT_TEMPERATURE):
@@ -222,8 +245,8 @@ def _energy(f, t, temperature=DEFAULT_TEMPERATURE):
     return energy_score(clip_logits(f, t, temperature), 1.0)
 
 
-def _mcm(f, t, temperature=DEFAULT_TEMPERATURE):
-    return mcm_score(f, t, temperature)
+def _mcm(f, t, mcm_temperature=DEFAULT_MCM_TEMPERATURE):
+    return mcm_score(f, t, mcm_temperature)
 
 
 def _neglabel(f, t, neg_text_features, temperature=DEFAULT_TEMPERATURE, ngroups=1, seed=0):
@@ -233,10 +256,21 @@ def _neglabel(f, t, neg_text_features, temperature=DEFAULT_TEMPERATURE, ngroups=
 SCORES: dict[str, OodScore] = {
     s.name: s
     for s in (
-        OodScore("msp", _msp, ("temperature",), description="max softmax of CLIP logits"),
+        OodScore(
+            "msp",
+            _msp,
+            ("logit_scale",),
+            required=("logit_scale",),
+            description="max softmax of the model's logits (its learned logit scale)",
+        ),
         OodScore("max_logit", _max_logit, ("temperature",), description="max CLIP logit"),
         OodScore("energy", _energy, ("temperature",), description="logsumexp of the CLIP logits"),
-        OodScore("mcm", _mcm, ("temperature",), description="maximum concept matching"),
+        OodScore(
+            "mcm",
+            _mcm,
+            ("mcm_temperature",),
+            description="maximum concept matching: max softmax of cosines / mcm_temperature",
+        ),
         OodScore(
             "neglabel",
             _neglabel,
