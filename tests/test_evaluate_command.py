@@ -94,7 +94,7 @@ def test_evaluate_command_table_and_json_equal_library(tmp_path, capsys):
     def scores(f):
         return {
             "neglabel": neglabel_score(f, text, neg.features, 0.01, ngroups=2, seed=0),
-            "mcm": mcm_score(f, text, 0.01),
+            "mcm": mcm_score(f, text, 1.0),  # MCM's own temperature, eval.mcm_temperature
             "energy": energy_score(clip_logits(f, text, 0.01), 1.0),
         }
 
@@ -158,6 +158,66 @@ def test_checkpoint_mines_with_start_model_and_reencodes(tmp_path, capsys):
     assert a["ood"]["far"]["metrics"] != b["ood"]["far"]["metrics"]  # other weights, other scores
     del start
 
+    # --compare-start: the paired difference checkpoint - start, both evaluated in one run
+    out_delta = tmp_path / "delta.json"
+    boot = ["--bootstrap", "100", "--compare-start", "--out", str(out_delta)]
+    assert command.run(_args(*argv, "--checkpoint", str(ckpt), *boot)) == 0
+    c = json.loads(out_delta.read_text())
+    assert c["ood"] == {
+        k: {**v, "metrics_ci95": c["ood"][k]["metrics_ci95"]} for k, v in a["ood"].items()
+    }
+    delta = c["delta_vs_reference"]
+    assert delta["reference"] == "start"
+    assert delta["id_accuracy"]["value"] == pytest.approx(a["id_accuracy"] - b["id_accuracy"])
+    for metric in ("auroc", "fpr95", "aupr_in", "aupr_out"):
+        got = delta["mean"]["neglabel"][metric]
+        assert got["value"] == pytest.approx(
+            a["mean"]["neglabel"][metric] - b["mean"]["neglabel"][metric], abs=1e-12
+        )
+        assert got["ci95"][0] <= got["ci95"][1]
+    assert "delta vs start" in capsys.readouterr().out
+
+
+def test_bootstrap_intervals_equal_the_library_on_the_same_model(tmp_path, capsys):
+    from raymmft.config import EvalConfig
+    from raymmft.data import open_dataset
+    from raymmft.evaluation import Evaluator
+    from raymmft.model import build_model
+
+    out = tmp_path / "res.json"
+    argv = _base(tmp_path, "--scores", "mcm,msp", "--batch-size", "16", "--out", str(out))
+    assert command.run(_args(*argv, "--bootstrap", "150", "--bootstrap-seed", "9")) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+
+    torch.manual_seed(3)
+    bundle = build_model("raymmft-tiny")
+    id_set = open_dataset(ID, bundle.preprocess_eval)
+    classes = list(id_set.classnames)
+    ood = {
+        name: open_dataset(spec, bundle.preprocess_eval, id_classnames=classes)
+        for name, spec in (("near", NEAR), ("far", FAR))
+    }
+    settings = EvalConfig(scores=["mcm", "msp"], ood_score="mcm", batch_size=16)
+    result = Evaluator(settings, bundle, classes, id_set, ood, out=None).evaluate(bundle.model)
+    ci = result.add_intervals(150, 9)
+    assert saved["bootstrap"]["resamples"] == 150 and saved["bootstrap"]["seed"] == 9
+    assert saved["id_accuracy_ci95"] == pytest.approx(list(ci.id_accuracy), abs=1e-12)
+    assert saved["logit_scale"] == pytest.approx(float(bundle.model.logit_scale.detach().exp()))
+    for name in ("near", "far"):
+        for score in ("mcm", "msp"):
+            for metric, (low, high) in ci.per_set[name][score].items():
+                got = saved["ood"][name]["metrics_ci95"][score][metric]
+                assert got == pytest.approx([low, high], abs=1e-6)
+    assert saved["mean_ci95"]["msp"]["auroc"] == pytest.approx(
+        list(ci.mean["msp"]["auroc"]), abs=1e-6
+    )
+    low, high = saved["id_accuracy_ci95"]
+    assert (
+        f"ID accuracy: {100 * saved['id_accuracy']:.2f} [{100 * low:.2f}, {100 * high:.2f}] %"
+        in printed
+    )
+
 
 @pytest.mark.parametrize(
     "extra,error,message",
@@ -201,6 +261,27 @@ def test_checkpoint_mines_with_start_model_and_reencodes(tmp_path, capsys):
             ["--checkpoint", "/nonexistent/ckpt.pt"],
             ModelError,
             "checkpoint file not found: /nonexistent/ckpt.pt",
+        ),
+        (
+            ["--bootstrap", "50"],
+            ConfigError,
+            "--bootstrap: need at least 100 resamples, got 50 (0 turns the intervals off)",
+        ),
+        (
+            ["--bootstrap", "-1"],
+            ConfigError,
+            "--bootstrap: need at least 100 resamples, got -1 (0 turns the intervals off)",
+        ),
+        (
+            ["--bootstrap", "1000", "--bootstrap-seed", "-2"],
+            ConfigError,
+            "--bootstrap-seed must be in [0, 2**32 - 1], got -2",
+        ),
+        (
+            ["--bootstrap", "1000", "--compare-start"],
+            ConfigError,
+            "--compare-start: needs --checkpoint (the model compared with the start) and "
+            "--bootstrap N",
         ),
     ],
 )

@@ -12,7 +12,9 @@ Prints a table per score (per OoD set: AUROC, FPR95, AUPR-in, AUPR-out; their me
 and writes the same as JSON. The flags fill the config's ``eval`` section (``EvalConfig``), which
 holds every rule about their values. With ``--checkpoint``, NegLabel negatives are mined with the
 starting model (``--arch``/``--pretrained``) and re-encoded with the checkpoint's weights, as during
-training.
+training. ``--bootstrap N`` adds 95 % bootstrap intervals to every metric (``raymmft.ood.bootstrap``);
+with ``--checkpoint``, ``--compare-start`` also evaluates the starting model and gives the paired
+difference checkpoint - start of every metric, with its interval.
 """
 
 from __future__ import annotations
@@ -104,6 +106,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cache of mined negatives ('none' disables; default %(default)s)",
     )
 
+    boot = p.add_argument_group("confidence intervals")
+    boot.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="95 %% percentile bootstrap intervals of every metric from N resamples of the ID and "
+        "each OoD set (0: none, the default; at least 100; 1000 is usual)",
+    )
+    boot.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resamples")
+    boot.add_argument(
+        "--compare-start",
+        action="store_true",
+        help="with --checkpoint and --bootstrap: also evaluate the starting model (--arch, "
+        "--pretrained) and give checkpoint - start of every metric with its interval, both "
+        "on the same resamples",
+    )
+
     p.add_argument("--out", help="write the results as JSON to this file (local path or URI)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
@@ -173,6 +193,24 @@ def _parse_spec(text: str, option: str):
         raise ConfigError(f"{option} {text!r}: {reason.removeprefix('Value error, ')}") from None
 
 
+def check_bootstrap(args: argparse.Namespace) -> None:
+    """``--bootstrap``, ``--bootstrap-seed`` and ``--compare-start``, one line naming the flag."""
+    from raymmft.config import check_seed
+    from raymmft.ood.bootstrap import check_num_resamples
+
+    if args.bootstrap:
+        try:
+            check_num_resamples(args.bootstrap)
+        except ValueError as exc:
+            raise ConfigError(f"--bootstrap: {exc} (0 turns the intervals off)") from None
+    check_seed(args.bootstrap_seed, "--bootstrap-seed")
+    if args.compare_start and not (args.checkpoint and args.bootstrap):
+        raise ConfigError(
+            "--compare-start: needs --checkpoint (the model compared with the start) and "
+            "--bootstrap N"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from raymmft.config import check_seed
     from raymmft.storage import check_output
@@ -183,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     if cache is not None:
         check_output(cache, "--neg-cache", directory=True)
     check_seed(args.seed, "--seed")
+    check_bootstrap(args)
     device = resolve_device(args.device)
     settings = eval_settings(args)
     id_spec = _parse_spec(args.id_set, "--id")
@@ -235,9 +274,14 @@ def run(args: argparse.Namespace) -> int:
         cache=cache,
         out=None if args.no_progress else print,
     )
+    start = evaluator.evaluate(bundle.model) if args.compare_start else None
     if args.checkpoint:
         load_weights(bundle.model, args.checkpoint, arch=args.arch)
     result = evaluator.evaluate(bundle.model)
+    if args.bootstrap:
+        result.add_intervals(
+            args.bootstrap, args.bootstrap_seed, reference=start, reference_name="start"
+        )
     print(format_table(result))
     if args.out:
         extra = {
