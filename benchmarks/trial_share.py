@@ -105,11 +105,16 @@ def run_side(config: str, side: str) -> dict:
     import ray
 
     from raymmft import search
-    from raymmft.config_file import load_config
+
+    try:
+        from raymmft.config_file import load_config
+    except ImportError:  # the baseline revision read configs in raymmft.config
+        from raymmft.config import load_config
 
     cfg = load_config(config, [f"storage.name={side}"])
     new = "negatives" in inspect.signature(search.make_trainer).parameters
-    prepared = search.start_run(cfg, address=None, resume=False, preflight=True)
+    start = getattr(search, "start_run", None) or search.prepare_run  # the baseline's name
+    prepared = start(cfg, address=None, resume=False, preflight=True)
     exp = prepared[0] if new else prepared[1]  # before: (storage, experiment, fits)
     exp_path = exp.uri if new else str(exp)
     prep_s, kwargs = 0.0, {}

@@ -91,14 +91,16 @@ def _first_repeat(items: list) -> Any:
 
 
 class ModelConfig(_Section):
-    arch: str = "raymmft-tiny"
+    arch: str = Field(
+        "raymmft-tiny", description="an open_clip architecture (ViT-B-16, ...) or a raymmft one"
+    )
     pretrained: str | None = Field(
         None, description="None (random init), an open_clip tag, or a local weights file"
     )
     temperature: float | None = Field(
         0.07, description="initial tau; logit_scale = log(1/tau); None keeps the weights' value"
     )
-    learn_temperature: bool = True
+    learn_temperature: bool = Field(True, description="train the logit scale with the weights")
 
     @field_validator("pretrained")
     @classmethod
@@ -121,19 +123,25 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(2, ge=1, description="passes over the ID train set per trial")
     batch_size: int = Field(64, ge=1, description="global batch over all workers")
-    lr: float = 1e-3
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    lr: float = Field(1e-3, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps before the schedule")
+    schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="learning-rate schedule after warm-up"
+    )
     lam: float = Field(0.0, description="CMA weight lambda; 0 is FLYP")
-    template: Template = "a photo of a {}."
+    template: Template = Field(
+        "a photo of a {}.", description="the class prompt of a training pair, one {}"
+    )
     augment: bool = Field(True, description="the model's train transform (random crops) vs eval")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    grad_checkpointing: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision of the forward pass"
+    )
+    grad_checkpointing: bool = Field(False, description="trade compute for activation memory")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap an epoch (quick runs)")
-    seed: Seed = 0
+    seed: Seed = Field(0, description="seed of the start, the data order and the augmentation")
 
     @field_validator("lr")
     @classmethod
@@ -169,8 +177,8 @@ class NegLabelConfig(_Section):
     max_negatives: int | None = Field(None, ge=1, description="cap on the kept words")
     ngroups: int = Field(1, ge=1, description="grouping: score against g groups, averaged")
     exclude_categories: list[str] = Field([], description="WordNet categories, e.g. noun.animal")
-    noun_template: Template = "a photo of a {}."
-    adj_template: Template = "This is a {} photo."
+    noun_template: Template = Field("a photo of a {}.", description="prompt of a noun")
+    adj_template: Template = Field("This is a {} photo.", description="prompt of an adjective")
     remine_each_eval: bool = Field(False, description="mine again with the current model each time")
     seed: Seed = Field(0, description="seed of the grouping shuffle")
 
@@ -203,7 +211,11 @@ ScoreName = Annotated[str, AfterValidator(_check_score)]
 
 
 class EvalConfig(_Section):
-    scores: list[ScoreName] = Field(["neglabel", "mcm", "msp", "energy"], min_length=1)
+    scores: list[ScoreName] = Field(
+        ["neglabel", "mcm", "msp", "energy"],
+        min_length=1,
+        description="post-hoc OoD scores computed at every evaluation (raymmft.ood.scores)",
+    )
     ood_score: ScoreName = Field("neglabel", description="the score that defines ood_auroc")
     temperature: float = Field(
         0.01,
@@ -213,9 +225,11 @@ class EvalConfig(_Section):
     mcm_temperature: float = Field(
         1.0, gt=0, description="MCM's own softmax temperature (1.0 as in Ming et al., 2022)"
     )
-    templates: list[Template] = Field(["a photo of a {}."], min_length=1)
-    every_n_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(256, ge=1)
+    templates: list[Template] = Field(
+        ["a photo of a {}."], min_length=1, description="class prompts averaged at evaluation"
+    )
+    every_n_epochs: int = Field(1, ge=1, description="evaluate (and report) every n epochs")
+    batch_size: int = Field(256, ge=1, description="images per evaluation batch")
     neglabel: NegLabelConfig = NegLabelConfig()
 
     @field_validator("scores")
@@ -226,17 +240,15 @@ class EvalConfig(_Section):
             raise ValueError(f"score '{twice}' given twice")
         return v
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _primary_is_computed(cls, data):
-        """The score that defines ``ood_auroc`` is always computed."""
-        if isinstance(data, dict):
-            fields = cls.model_fields
-            scores = data.get("scores", fields["scores"].default)
-            primary = data.get("ood_score", fields["ood_score"].default)
-            if isinstance(scores, list) and isinstance(primary, str) and primary not in scores:
-                data = {**data, "scores": [*scores, primary]}
-        return data
+    def _primary_is_computed(cls, data, handler):
+        """The score that defines ``ood_auroc`` is always computed (added after validation, so a
+        bad name is refused as ``ood_score``)."""
+        section = handler(data)
+        if section.ood_score in section.scores:
+            return section
+        return section.model_copy(update={"scores": [*section.scores, section.ood_score]})
 
     @property
     def score_params(self) -> dict[str, Any]:
@@ -258,35 +270,42 @@ class Objective(_Section):
 
 
 class AshaConfig(_Section):
-    metric: str = "score"
+    metric: str = Field("score", description="what ASHA compares trials on")
     mode: Literal["max", "min"] = "max"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1)
+    grace_period: int = Field(1, ge=1, description="evaluations before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="1/fraction of trials kept per rung")
 
 
 class SearchConfig(_Section):
-    space: dict[str, Any] = {
-        "train.lam": {"loguniform": [1e-4, 1e-1]},
-        "model.temperature": {"uniform": [0.01, 0.1]},
-        "train.lr": {"loguniform": [1e-4, 3e-3]},
-    }
+    space: dict[str, Any] = Field(
+        {
+            "train.lam": {"loguniform": [1e-4, 1e-1]},
+            "model.temperature": {"uniform": [0.01, 0.1]},
+            "train.lr": {"loguniform": [1e-4, 3e-3]},
+        },
+        description="dotted config field -> distribution or fixed value (raymmft.search_space)",
+    )
     initial_points: list[dict[str, Any]] = Field(
         [],
         description="configurations tried first, e.g. the paper's defaults: {train.lam: 0.001, ...}",
     )
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    scheduler: Literal["asha", "fifo"] = "asha"
+    sampler: Literal["tpe", "nsga2", "random"] = Field(
+        "tpe", description="Optuna sampler (seeded with search.seed)"
+    )
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha", description="asha stops weak trials early; fifo runs every trial to the end"
+    )
     objectives: list[Objective] = Field(
         [Objective(metric="id_acc", weight=0.5), Objective(metric="ood_auroc")],
         description="what Optuna optimises, the Pareto front and the choice are on; the default "
         "score is ood_auroc + 0.5 * id_acc",
     )
     asha: AshaConfig = AshaConfig()
-    num_samples: int = Field(4, ge=1)
+    num_samples: int = Field(4, ge=1, description="trials in the search")
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="None: derived from the cluster"
     )
-    seed: Seed = 0
+    seed: Seed = Field(0, description="seed of the sampler")
     optuna_storage: str | None = Field(
         None,
         description="an Optuna RDB URL (sqlite:///..., postgresql://...) for the study; default: "
@@ -355,9 +374,9 @@ class SearchConfig(_Section):
 
 class ResourcesConfig(_Section):
     num_workers: int = Field(2, ge=1, description="Ray Train workers per trial")
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)
+    use_gpu: bool = Field(False, description="one GPU share per worker (NCCL); else CPU (gloo)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker")
+    gpus_per_worker: float = Field(1.0, ge=0, description="GPUs per worker when use_gpu")
     max_failures: int = Field(1, ge=0, description="worker-group restarts per trial")
 
     @model_validator(mode="after")
@@ -372,7 +391,10 @@ class ResourcesConfig(_Section):
 
 class StorageConfig(_Section):
     path: str = Field(
-        "./raymmft_results", description="a local path or a URI: s3://, gs://, file:// (pyarrow.fs)"
+        "./raymmft_results",
+        description="a local path (relative: to the working directory) or a URI: s3://, gs://, "
+        "file:// (pyarrow.fs)",
+        validate_default=True,
     )
     shared: bool = Field(
         False, description="a local path that is the same shared filesystem (NFS) on every node"

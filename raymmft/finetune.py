@@ -106,7 +106,7 @@ class FineTuner:
         self.device = device
         self.class_tokens = class_tokens.to(device)
         self.autocast_dtype = autocast_dtype
-        self.loss_fn = CMALoss(cfg.lam, rank=rank, world_size=world_size)
+        self.loss_fn = CMALoss(cfg.lam, world_size=world_size)
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = make_lr_schedule(self.optimizer, cfg, total_steps)
         # A grad scaler only matters for fp16; for fp32/bf16 it is a disabled pass-through.

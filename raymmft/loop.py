@@ -222,6 +222,7 @@ def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
             inputs.tensorboard,
             hparams_of(cfg.model_dump(mode="json"), list(cfg.search.space)),
             ood_sets=set_names(cfg.data.ood_val),
+            objectives=cfg.search.goals,
         )
     finetuner = FineTuner(
         worker.wrap_model(TrainingForward(bundle.model)),

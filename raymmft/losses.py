@@ -112,7 +112,7 @@ class CMALoss(torch.nn.Module):
     that the loss, and after DDP's averaging the update, do not depend on the number of workers.
     """
 
-    def __init__(self, lam: float, rank: int = 0, world_size: int = 1):
+    def __init__(self, lam: float, world_size: int = 1):
         super().__init__()
         if lam < 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
@@ -121,7 +121,6 @@ class CMALoss(torch.nn.Module):
                 f"world_size={world_size} needs an initialised torch.distributed group"
             )
         self.lam = lam
-        self.rank = rank
         self.world_size = world_size
 
     def forward(

@@ -80,7 +80,10 @@ def prepare(
     from raymmft.tensorboard_log import TrialWriter
 
     writer = TrialWriter(
-        experiment.join(TENSORBOARD_DIR, BASELINE_RUN), None, ood_sets=set_names(cfg.data.ood_val)
+        experiment.join(TENSORBOARD_DIR, BASELINE_RUN),
+        None,
+        ood_sets=set_names(cfg.data.ood_val),
+        objectives=cfg.search.goals,
     )
     writer.log_eval(0, metrics, result)
     writer.close()

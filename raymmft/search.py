@@ -10,6 +10,7 @@ each trial's needs. Every check that can fail runs before Ray starts where it ca
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
 import shlex
@@ -178,6 +179,9 @@ def run_search(
     if cfg.search.optuna_storage:  # an RDB URL that cannot be opened fails before Ray starts
         open_study_storage(cfg.search.optuna_storage)
     exp, max_concurrent = start_run(cfg, address=address, resume=resume, preflight=preflight)
+    # A failed trial is one line at the search's end and its traceback in its error.txt; Tune's
+    # controller would print each one's traceback as it happens.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     negatives = run_preparation(cfg, exp)
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=cfg, negatives=negatives),

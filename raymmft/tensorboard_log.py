@@ -30,6 +30,7 @@ Pure: no Ray import; ``torch.utils.tensorboard`` is the writer.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from raymmft.objectives import DEFAULT_GOALS, Objectives
 from raymmft.storage import Location
 
 # metric reported by run_training -> TensorBoard tag
@@ -65,21 +67,27 @@ METRIC_TAGS: tuple[str, ...] = (
     "eval/score",
     "train/loss",
 )
-# What TensorBoard's custom-scalars page (http://localhost:6006/#custom_scalars) shows: the
-# search's two objectives and its scalar score, every run (the zero-shot baseline included) on
-# one chart each. The per-score and per-set cards stay in the scalars dashboard.
-OBJECTIVES_LAYOUT = {
-    "objectives": {
-        "OoD AUROC (mean over the OoD val sets)": ["Multiline", [r"^eval/ood_auroc$"]],
-        "ID accuracy": ["Multiline", [r"^eval/id_acc$"]],
-        "score = ood_auroc + w * id_acc": ["Multiline", [r"^eval/score$"]],
-    },
-    "the method": {
-        "FPR95": ["Multiline", [r"^eval/ood_fpr95$"]],
-        "modality gap": ["Multiline", [r"^eval/modality_gap$"]],
-        "training loss": ["Multiline", [r"^train/loss$"]],
-    },
-}
+
+
+def objectives_layout(objectives: Objectives) -> dict:
+    """What TensorBoard's custom-scalars page (http://localhost:6006/#custom_scalars) shows: the
+    search's objectives and its scalar score, every run (the zero-shot baseline included) on one
+    chart each. The per-score and per-set cards stay in the scalars dashboard."""
+    charts = {
+        f"{g.metric} ({g.mode})": ["Multiline", [f"^eval/{re.escape(g.metric)}$"]]
+        for g in objectives.goals
+    }
+    charts[f"score = {objectives.formula()}"] = ["Multiline", [r"^eval/score$"]]
+    return {
+        "objectives": charts,
+        "the method": {
+            "FPR95": ["Multiline", [r"^eval/ood_fpr95$"]],
+            "modality gap": ["Multiline", [r"^eval/modality_gap$"]],
+            "training loss": ["Multiline", [r"^train/loss$"]],
+        },
+    }
+
+
 # Always in the HParams entry when the config has them (the method's three knobs).
 CORE_HPARAMS: tuple[str, ...] = ("train.lam", "model.temperature", "train.lr")
 LAM_KEY = "train.lam"
@@ -130,6 +138,7 @@ class TrialWriter:
         hparams: Mapping[str, Any] | None,
         *,
         ood_sets: Sequence[str] = (),
+        objectives: Objectives | None = None,
         staging_dir: str | None = None,
     ):
         from torch.utils.tensorboard import SummaryWriter
@@ -146,7 +155,7 @@ class TrialWriter:
         self._last_step = 0
         self._closed = False
 
-        self._writer.add_custom_scalars(OBJECTIVES_LAYOUT)
+        self._writer.add_custom_scalars(objectives_layout(objectives or Objectives(DEFAULT_GOALS)))
         self._session_end = None
         if hparams is not None:  # the zero-shot baseline's run has no hparams entry
             metric_tags = list(METRIC_TAGS)

@@ -15,6 +15,7 @@ from ray import tune
 from ray.train import (
     CheckpointConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
     TrainingFailedError,
@@ -99,6 +100,9 @@ def make_trainer(
             # The latest checkpoint resumes the run and is the one evaluated; keep one spare.
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
+            # a failed worker's traceback goes to the trial's error.txt (TrialFailedError), not
+            # to the console from every worker and the controller
+            logging_config=LoggingConfig(log_level="CRITICAL"),
         ),
     )
 
@@ -135,7 +139,8 @@ def fit_with_restarts(build, max_failures: int, *, what: str):
         except TrainingFailedError as exc:
             reason = failure_reason(exc)
             if NON_FINITE in reason or failures >= max_failures:
-                raise TrialFailedError(reason) from None
+                # the reason first and last (its one line), the workers' tracebacks between
+                raise TrialFailedError(f"{reason}\n\n{str(exc).strip()}\n\n{reason}") from None
             failures += 1
             print(f"{what}: {reason}; restart {failures} of {max_failures} from its checkpoint")
 

@@ -150,3 +150,89 @@ def test_missing_config_and_bad_override(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: config file not found: {tmp_path / 'nope.yaml'}\n"
     assert main(["train", str(DEMO), "--set", "train.lr"]) == 2
     assert capsys.readouterr().err == "error: --set expects FIELD=VALUE, got 'train.lr'\n"
+
+
+# ---------------------------------------------------------------- one straight path
+
+
+MINIMAL = """\
+model: {arch: raymmft-tiny}
+data:
+  id_train: imagefolder:data/train
+  id_val: {uri: imagefolder:data/val, classnames_file: data/classes.txt}
+  ood_val: [parquet:data/ood.parquet, "builtin:shapes?split=val&classes=far_ood"]
+eval: {neglabel: {corpus: data/words.txt}}
+search:
+  space: {train.lam: {uniform: [0.0, 1.0]}}
+"""
+
+
+def test_relative_paths_are_resolved_where_they_enter(tmp_path, monkeypatch):
+    """A config in the user's own folder: every relative path is made absolute against the
+    working directory of the command, once, and stays so in the saved config and every trial."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "c.yaml").write_text(MINIMAL)
+    monkeypatch.chdir(folder)
+    cfg = load_config("c.yaml", ["model.pretrained=weights/start.pt"])
+    d = folder / "data"
+    assert cfg.data.id_train.uri == f"imagefolder:{d / 'train'}"
+    assert cfg.data.id_val.classnames_file == str(d / "classes.txt")
+    assert cfg.data.ood_val[0].uri == f"parquet:{d / 'ood.parquet'}"
+    assert cfg.data.ood_val[1].uri == "builtin:shapes"
+    assert cfg.eval.neglabel.corpus == str(d / "words.txt")
+    assert cfg.model.pretrained == str(folder / "weights" / "start.pt")
+    assert cfg.storage.path == str(folder / "raymmft_results") and cfg.storage.name == "c"
+    # a tag, a named corpus and a URI are not paths
+    tagged = load_config("c.yaml", ["model.pretrained=openai", "eval.neglabel.corpus=wordnet"])
+    assert tagged.model.pretrained == "openai" and tagged.eval.neglabel.corpus == "wordnet"
+    s3 = load_config("c.yaml", ["storage.path=s3://bucket/exp"])
+    assert s3.storage.path == "s3://bucket/exp"
+    # a trial's config (validated elsewhere, no base directory) keeps the absolute paths
+    monkeypatch.chdir(tmp_path)
+    trial = apply_trial_params(cfg, {"train.lam": 0.5})
+    assert trial.data.id_train.uri == f"imagefolder:{d / 'train'}"
+    assert trial.eval.neglabel.corpus == str(d / "words.txt")
+
+
+def test_the_saved_config_holds_every_default_and_validates_back(tmp_path, monkeypatch):
+    from raymmft.config import Config, validate_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(MINIMAL)
+    cfg = load_config("c.yaml")
+    saved = cfg.to_dict()
+    # defaults are written out: a later change of a default does not change this experiment
+    assert saved["train"]["lr"] == 1e-3 and saved["train"]["epochs"] == 2
+    assert saved["resources"]["num_workers"] == 2
+    assert saved["search"]["objectives"] == [
+        {"metric": "id_acc", "mode": "max", "weight": 0.5},
+        {"metric": "ood_auroc", "mode": "max", "weight": 1.0},
+    ]
+    assert saved["eval"]["mcm_temperature"] == 1.0
+    # a dataset spec writes its own kind's options only (another kind's would be refused)
+    assert "image_size" not in saved["data"]["id_train"] and "split" in saved["data"]["id_train"]
+    assert "val_fraction" not in saved["data"]["ood_val"][1]
+    again = validate_config(saved)
+    assert again == cfg
+    assert str(again.data.ood_val[1]) == "builtin:shapes?split=val&classes=far_ood"
+    assert set(Config.model_fields) <= set(saved)
+
+
+def test_the_config_is_frozen_after_validation(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(MINIMAL)
+    cfg = load_config("c.yaml")
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.storage.name = "other"
+
+
+def test_score_weight_is_replaced_by_objective_weights(tmp_path, capsys):
+    path = _write(tmp_path, lambda r: r.setdefault("search", {}).update(score_weight=0.5))
+    assert main(["search", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {path}: search: score_weight is gone: give each objective a weight instead, "
+        "e.g. objectives: [{metric: id_acc, weight: 0.5}, {metric: ood_auroc}]"
+    )

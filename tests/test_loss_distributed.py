@@ -47,7 +47,7 @@ def _step(rank, world_size, out_dir):
     x_img, x_txt = _data()
     # DistributedSampler's order: rank r takes indices r, r + N, ...
     idx = torch.arange(rank, GLOBAL_BATCH, world_size)
-    out = CMALoss(LAM, rank=rank, world_size=world_size)(*model(x_img[idx], x_txt[idx]))
+    out = CMALoss(LAM, world_size=world_size)(*model(x_img[idx], x_txt[idx]))
     out.loss.backward()
     torch.save({"loss": out.loss.detach(), "grads": _grads(model.module)}, f"{out_dir}/{rank}.pt")
 

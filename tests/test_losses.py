@@ -98,6 +98,6 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"^lam must be >= 0, got -0.1$"):
         CMALoss(lam=-0.1)
     with pytest.raises(RuntimeError, match=r"^world_size=2 needs an initialised torch.distributed"):
-        CMALoss(lam=0.1, rank=0, world_size=2)
+        CMALoss(lam=0.1, world_size=2)
     with pytest.raises(ValueError, match=r"same shape, got \(12, 16\) and \(11, 16\)$"):
         cma_loss(img, txt[:11], 1.0, 0.0)

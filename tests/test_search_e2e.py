@@ -141,7 +141,7 @@ def test_nan_trial_failed_with_reason(search):
     by_lr, errors = _by_lr(exp_dir)
     assert errors[3.0e-3] is None and errors[1.0e-9] is None
     assert (
-        "TrialFailedError: worker rank 0: FloatingPointError: non-finite loss nan at step 2"
+        "TrialFailedError: worker rank 0: NonFiniteLossError: non-finite loss nan at step 2"
         in errors[1.0e4]
     )
     # It diverged at step 2, before its first evaluation: no (NaN) metric was ever reported.
@@ -183,16 +183,18 @@ def test_the_printed_table_is_the_reports_rows(search):
     _, exp_dir = search
     import pyarrow.parquet as pq
 
+    from raymmft.objectives import Objectives
     from raymmft.results.rows import format_trials, sorted_rows
 
     rows = pq.read_table(exp_dir / "report" / "trials.parquet").to_pylist()
     printed = SEARCH_OUTPUT[0]
-    table = format_trials(rows)
+    table = format_trials(rows, Objectives.of_saved(CONFIG["search"]))
     assert table in printed
     body = [ln for ln in table.splitlines()[2:] if ln.strip() and not ln.startswith("(")]
     assert len(body) == 4 and body[0].split()[0] == "zero-shot"  # the baseline, then the trials
-    ids = [ln.split()[1] if ln.startswith("*") else ln.split()[0] for ln in body]
+    ids = [ln.split()[1] if ln.startswith(("*", ">")) else ln.split()[0] for ln in body]
     assert ids == [r["trial_id"] for r in sorted_rows(rows)]
+    assert sum(r["chosen"] for r in rows) == 1
     for row in rows:
         line = next(ln for ln in body if row["trial_id"] in ln)
         assert row["stop_reason"] in line.split()
@@ -281,10 +283,10 @@ def test_best_yaml_is_a_config_with_the_best_trials_values(search):
     _, exp_dir = search
     from raymmft.config_file import load_config
     from raymmft.results.experiment import read_experiment
-    from raymmft.results.rows import best_row, trial_rows
+    from raymmft.results.rows import chosen_row, trial_rows
 
     cfg = load_config(exp_dir / "report" / "best.yaml")
-    best = best_row(trial_rows(read_experiment(exp_dir)), 0.5)
+    best = chosen_row(trial_rows(read_experiment(exp_dir)))
     assert cfg.train.lr == best["param.train.lr"] and cfg.train.lam == best["param.train.lam"]
     assert cfg.storage.name == "e2e-best" and cfg.model.arch == "raymmft-tiny"
     assert cfg.train.epochs == CONFIG["train"]["epochs"]

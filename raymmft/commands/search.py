@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     failed = [t for t in exp.trials if t.status == "ERROR"]
     for t in failed:
-        print(f"trial {t.trial_id} failed: {t.error}")
+        print(f"trial {t.trial_id} failed: {t.error or 'see its error.txt'}")
     if len(failed) == len(exp.trials):
         first = failed[0] if failed else None
         why = f"trial {first.trial_id}: {first.error}" if first else "no trial ran"
@@ -111,6 +111,7 @@ def print_search_summary(cfg, exp) -> None:
     from raymmft.evaluation import write_json
     from raymmft.results.experiment import TEST_EVALUATION_FILE
     from raymmft.results.rows import (
+        best_trial_row,
         choice_statement,
         chosen_row,
         format_trials,
@@ -130,16 +131,23 @@ def print_search_summary(cfg, exp) -> None:
         )
         return
     print(f"\n{choice_statement(rows, objectives)}")
-    params = {} if chosen.get("baseline") else searched_params(chosen)
-    for k, v in sorted(params.items()):
-        print(f"  {k} = {v}")
-    checkpoint = chosen.get("checkpoint_path")
-    if checkpoint:
-        print(f"  checkpoint: {checkpoint}")
-    if not cfg.data.ood_test or not (checkpoint or chosen.get("baseline")):
+    best = best_trial_row(rows, objectives)
+    if best is not None:
+        print(f"best trial {best['trial_id']} (the best fine-tuned option):")
+        for k, v in sorted(searched_params(best).items()):
+            print(f"  {k} = {v}")
+        print(f"  checkpoint: {best['checkpoint_path']}")
+    baseline = bool(chosen.get("baseline"))
+    checkpoint = None if baseline else chosen.get("checkpoint_path")
+    if not cfg.data.ood_test or not (baseline or checkpoint):
         return
-    what = "the zero-shot starting model" if chosen.get("baseline") else "the chosen trial"
+    params = {} if baseline else searched_params(chosen)
     result = evaluate_remote(apply_trial_params(cfg, params), checkpoint)
+    what = (
+        "the zero-shot starting model (chosen)"
+        if baseline
+        else f"chosen trial {chosen['trial_id']}"
+    )
     print(f"\n{what} on the OoD *test* sets (never seen by the search):")
     print(format_evaluation(result))
     record = {"trial_id": chosen["trial_id"], "params": params, "checkpoint": checkpoint}
