@@ -231,6 +231,21 @@ class EvalConfig(_Section):
     every_n_epochs: int = Field(1, ge=1, description="evaluate (and report) every n epochs")
     batch_size: int = Field(256, ge=1, description="images per evaluation batch")
     neglabel: NegLabelConfig = NegLabelConfig()
+    bootstrap_resamples: int = Field(
+        1000,
+        ge=0,
+        description="resamples of the 95 % bootstrap intervals on the chosen model's test-set "
+        "evaluation (paired against the zero-shot model); 0: none",
+    )
+
+    @field_validator("bootstrap_resamples")
+    @classmethod
+    def _enough_resamples(cls, v):
+        from raymmft.ood.bootstrap import MIN_RESAMPLES
+
+        if 0 < v < MIN_RESAMPLES:
+            raise ValueError(f"need at least {MIN_RESAMPLES} resamples, got {v} (0: none)")
+        return v
 
     @field_validator("scores")
     @classmethod

@@ -281,10 +281,15 @@ def evaluate_checkpoint(
     on: str = "test",
     negatives: str | None = None,
     cache: str | None = None,
+    bootstrap: int = 0,
+    compare_start: bool = False,
 ):
     """Evaluate a checkpoint (a directory or ``state.pt`` on any storage; ``None``: the starting
-    model of ``cfg``) on its OoD test (or validation) sets, with the negatives the trials used (``negatives``: a stored
-    ``NegativeLabels``, as a search's preparation step writes) or mined by the starting model."""
+    model of ``cfg``) on its OoD test (or validation) sets, with the negatives the trials used
+    (``negatives``: a stored ``NegativeLabels``, as a search's preparation step writes) or mined by
+    the starting model. With ``bootstrap`` resamples, every metric gets its 95 % interval
+    (``raymmft.ood.bootstrap``, seeded with ``train.seed``); with ``compare_start`` too, the
+    difference from the starting model on the same resamples (paired)."""
     from raymmft.checkpoint import load_weights
     from raymmft.ood.neglabel import NegativeLabels
 
@@ -293,6 +298,12 @@ def evaluate_checkpoint(
     mined = NegativeLabels.load(negatives) if negatives is not None else None
     cache_location = Location.parse(cache) if cache is not None else None
     evaluator = evaluator_for(cfg, bundle, device, on=on, negatives=mined, cache=cache_location)
+    start = None
+    if compare_start and checkpoint is not None and bootstrap:
+        start = evaluator.evaluate(bundle.model)
     if checkpoint is not None:
         load_weights(bundle.model, checkpoint, arch=cfg.model.arch)
-    return evaluator.evaluate(bundle.model)
+    result = evaluator.evaluate(bundle.model)
+    if bootstrap:
+        result.add_intervals(bootstrap, cfg.train.seed, reference=start, reference_name="zero-shot")
+    return result

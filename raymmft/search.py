@@ -243,9 +243,10 @@ def run_train(cfg: Config, *, address: str | None = None, preflight: bool = True
         raise RunFailedError(f"training failed: {exc}") from None
 
 
-def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str = "test"):
+def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str = "test", **options):
     """Evaluate a checkpoint (a directory on the experiment's storage; ``None``: the starting
-    model) in a Ray task with one worker's resources, with the negatives the trials used."""
+    model) in a Ray task with one worker's resources, with the negatives the trials used;
+    ``options``: ``bootstrap`` and ``compare_start`` of ``raymmft.loop.evaluate_checkpoint``."""
     from raymmft.loop import evaluate_checkpoint
     from raymmft.prepare import prepared_files
 
@@ -257,5 +258,6 @@ def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str =
         on=on,
         negatives=negatives.uri if negatives is not None else None,
         cache=cache_location(cfg).uri,
+        **options,
     )
     return ray.get(ref)

@@ -142,7 +142,12 @@ def print_search_summary(cfg, exp) -> None:
     if not cfg.data.ood_test or not (baseline or checkpoint):
         return
     params = {} if baseline else searched_params(chosen)
-    result = evaluate_remote(apply_trial_params(cfg, params), checkpoint)
+    result = evaluate_remote(
+        apply_trial_params(cfg, params),
+        checkpoint,
+        bootstrap=cfg.eval.bootstrap_resamples,
+        compare_start=True,
+    )
     what = (
         "the zero-shot starting model (chosen)"
         if baseline

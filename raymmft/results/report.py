@@ -205,6 +205,20 @@ def _pct(value) -> str:
     return "" if not isinstance(value, (int, float)) or math.isnan(value) else f"{100 * value:.2f}"
 
 
+def _ci(pair) -> str:
+    """A 95 % interval of a fraction, in %: ``[90.20, 94.91]``."""
+    return f"[{_pct(pair[0])}, {_pct(pair[1])}]" if pair else ""
+
+
+def _pp(value) -> str:
+    """A difference of fractions in percentage points, signed."""
+    return "" if not isinstance(value, (int, float)) or math.isnan(value) else f"{100 * value:+.2f}"
+
+
+def _cipp(pair) -> str:
+    return f"[{_pp(pair[0])}, {_pp(pair[1])}]" if pair else ""
+
+
 def render_page(
     exp: Experiment,
     rows: list[dict],
@@ -217,7 +231,9 @@ def render_page(
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(num=_num, delta=_delta, sign=_sign, secs=_secs, pct=_pct)
+    env.filters.update(
+        num=_num, delta=_delta, sign=_sign, secs=_secs, pct=_pct, ci=_ci, pp=_pp, cipp=_cipp
+    )
     template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
     trials = trials_only(rows)
     timed = [
