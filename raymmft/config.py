@@ -291,6 +291,15 @@ class AshaConfig(_Section):
     reduction_factor: float = Field(2.0, gt=1, description="1/fraction of trials kept per rung")
 
 
+class ConfirmConfig(_Section):
+    """Confirmation over seeds: after the search, the ``top_k`` trials by score are trained again
+    with ``seeds`` further values of ``train.seed``, and the choice is made on the mean over the
+    seeds (the search's own run included)."""
+
+    top_k: int = Field(0, ge=0, description="trials confirmed (0: no confirmation)")
+    seeds: int = Field(2, ge=1, description="further seeds per confirmed trial")
+
+
 class SearchConfig(_Section):
     space: dict[str, Any] = Field(
         {
@@ -316,6 +325,7 @@ class SearchConfig(_Section):
         "score is ood_auroc + 0.5 * id_acc",
     )
     asha: AshaConfig = AshaConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
     num_samples: int = Field(4, ge=1, description="trials in the search")
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="None: derived from the cluster"

@@ -30,6 +30,7 @@ from raymmft.storage import Location
 from raymmft.trial import (
     TrialFailedError,
     cache_location,
+    confirm_driver,
     fit_with_restarts,
     make_trainer,
     one_worker,
@@ -183,10 +184,7 @@ def run_search(
     # controller would print each one's traceback as it happens.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     negatives = run_preparation(cfg, exp)
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=cfg, negatives=negatives),
-        {"cpu": 0, "memory": 1},
-    )
+    trainable = _trainable(trial_driver, cfg, negatives)
     if resume:
         try:
             tuner = tune.Tuner.restore(
@@ -207,14 +205,88 @@ def run_search(
                 scheduler=trial_scheduler(cfg),
                 num_samples=cfg.search.num_samples,
             ),
-            run_config=tune.RunConfig(
-                name=cfg.storage.name,
-                storage_path=cfg.storage.location.uri,
-                verbose=1,
-                # Tune's own TensorBoard logger would write a second HParams entry per trial that
-                # TensorBoard may pick over the trial's own (tensorboard/<trial_id>); keep JSON/CSV.
-                callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
-            ),
+            run_config=_run_config(cfg.storage.name, cfg.storage.location),
+        )
+    grid = tuner.fit()
+    from raymmft.results.experiment import read_experiment
+
+    if not read_experiment(exp).unfinished():
+        run_confirmation(cfg, exp, negatives, max_concurrent)
+    return grid
+
+
+def _trainable(driver, cfg: Config, negatives: str | None):
+    """A Tune trainable of ``driver`` with the config and the prepared negatives; it takes no
+    CPU (it only waits for its TorchTrainer)."""
+    return tune.with_resources(
+        tune.with_parameters(driver, base=cfg, negatives=negatives), {"cpu": 0, "memory": 1}
+    )
+
+
+def _run_config(name: str, storage: Location) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage.uri,
+        verbose=1,
+        # Tune's own TensorBoard logger would write a second HParams entry per trial that
+        # TensorBoard may pick over the trial's own (tensorboard/<trial_id>); keep JSON/CSV.
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+    )
+
+
+def confirmation_runs(cfg: Config, exp: Location) -> list[dict]:
+    """What ``search.confirm`` trains: for each of the ``top_k`` finished trials by score, its
+    searched values with ``seeds`` further seeds (its own ``train.seed`` + 1, + 2, ...)."""
+    from raymmft.results.experiment import read_experiment
+    from raymmft.results.rows import FINISHED, searched_params, to_float, trial_rows
+
+    c = cfg.search.confirm
+    finished = [
+        r
+        for r in trial_rows(read_experiment(exp))
+        if not r["baseline"]
+        and r["stop_reason"] in FINISHED
+        and not math.isnan(to_float(r["score"]))
+    ]
+    top = sorted(finished, key=lambda r: -r["score"])[: c.top_k]
+    runs = []
+    for row in top:
+        params = searched_params(row)
+        own = int(params.get("train.seed", cfg.train.seed))
+        runs += [
+            {"candidate": row["trial_id"], "params": params, "seed": own + i}
+            for i in range(1, c.seeds + 1)
+        ]
+    return runs
+
+
+def run_confirmation(cfg: Config, exp: Location, negatives: str | None, max_concurrent: int):
+    """Train the top trials again with further seeds (``search.confirm``), as trials are: Ray
+    Train runs on the same resources, as many at once as fit, in a Tune experiment of their own
+    (``<experiment>/confirm``) that ``--resume`` continues without training a finished run again."""
+    from raymmft.results.experiment import CONFIRM_DIR
+
+    if not cfg.search.confirm.top_k:
+        return None
+    location = exp.join(CONFIRM_DIR)
+    trainable = _trainable(confirm_driver, cfg, negatives)
+    if tune.Tuner.can_restore(location.uri):
+        print(f"confirmation: resuming {location}")
+        tuner = tune.Tuner.restore(
+            location.uri, trainable=trainable, resume_unfinished=True, restart_errored=False
+        )
+    else:
+        runs = confirmation_runs(cfg, exp)
+        if not runs:
+            print("confirmation: no finished trial to confirm")
+            return None
+        tops = ", ".join(dict.fromkeys(r["candidate"] for r in runs))
+        print(f"confirmation: {tops} with {cfg.search.confirm.seeds} further seed(s) each")
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"run": tune.grid_search(runs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            run_config=_run_config(CONFIRM_DIR, exp),
         )
     return tuner.fit()
 

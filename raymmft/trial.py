@@ -109,8 +109,21 @@ def make_trainer(
 
 def trial_driver(params: dict, *, base: Config, negatives: str | None) -> None:
     """The Tune function trainable of one trial: fit a TorchTrainer with this trial's config."""
-    cfg = apply_trial_params(base, flatten_fields(params))
     trial_id = tune.get_context().get_trial_id()
+    _fit_trial(apply_trial_params(base, flatten_fields(params)), trial_id, trial_id, negatives)
+
+
+def confirm_driver(config: dict, *, base: Config, negatives: str | None) -> None:
+    """The Tune function trainable of one confirmation run: a search's trial (``run.params``,
+    dotted) trained again with another ``train.seed`` (``run.seed``); its TensorBoard run is
+    ``<candidate>-seed<seed>``."""
+    run = config["run"]
+    cfg = apply_trial_params(base, {**run["params"], "train.seed": run["seed"]})
+    trial_id = tune.get_context().get_trial_id()
+    _fit_trial(cfg, trial_id, f"{run['candidate']}-seed{run['seed']}", negatives)
+
+
+def _fit_trial(cfg: Config, trial_id: str, run_name: str, negatives: str | None) -> None:
     exp = cfg.storage.experiment
     fit_with_restarts(
         lambda: make_trainer(
@@ -118,7 +131,7 @@ def trial_driver(params: dict, *, base: Config, negatives: str | None) -> None:
             storage=exp.join(TRAIN_RUNS_DIR),
             name=trial_id,
             cache=cache_location(cfg),
-            tensorboard_dir=exp.join(TENSORBOARD_DIR, trial_id),
+            tensorboard_dir=exp.join(TENSORBOARD_DIR, run_name),
             negatives=negatives,
             callbacks=[TuneReportCallback()],
         ),

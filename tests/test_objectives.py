@@ -140,3 +140,42 @@ def test_a_dominating_trial_is_chosen():
 def test_old_experiments_read_their_score_weight():
     goals = Objectives.of_saved({"score_weight": 2.0})
     assert goals.score({"id_acc": 0.5, "ood_auroc": 0.25}) == pytest.approx(1.25)
+
+
+def test_with_a_confirmation_the_choice_is_on_the_means_over_seeds():
+    from raymmft.results.rows import add_confirmation, format_confirmation
+
+    goals = Objectives([Goal("id_acc", "max", 0.5), Goal("ood_auroc")])
+    rows = [
+        {"trial_id": "zero-shot", "baseline": True, "id_acc": 0.70, "ood_auroc": 0.80},
+        # the luckiest single run: best by one seed, worse on average
+        {"trial_id": "lucky", "baseline": False, "id_acc": 0.80, "ood_auroc": 0.90},
+        {"trial_id": "steady", "baseline": False, "id_acc": 0.78, "ood_auroc": 0.88},
+        {"trial_id": "unconfirmed", "baseline": False, "id_acc": 0.79, "ood_auroc": 0.89},
+    ]
+    runs = [
+        {"candidate": "lucky", "seed": 0, "id_acc": 0.80, "ood_auroc": 0.90},
+        {"candidate": "lucky", "seed": 1, "id_acc": 0.72, "ood_auroc": 0.82},
+        {"candidate": "lucky", "seed": 2, "id_acc": 0.74, "ood_auroc": 0.83},
+        {"candidate": "steady", "seed": 0, "id_acc": 0.78, "ood_auroc": 0.88},
+        {"candidate": "steady", "seed": 1, "id_acc": 0.77, "ood_auroc": 0.87},
+        {"candidate": "steady", "seed": 2, "id_acc": math.nan, "ood_auroc": math.nan},  # failed
+    ]
+    for r in rows:
+        r["score"] = goals.score(r)
+    assert goals.choose(rows) == 1  # one run each: the lucky one
+    add_confirmation(rows, runs, goals)
+    mark_choice(rows, goals)
+    assert chosen_row(rows)["trial_id"] == "steady"
+    lucky, steady = rows[1], rows[2]
+    assert lucky["confirm_runs"] == 3 and steady["confirm_runs"] == 2
+    assert lucky["mean_id_acc"] == pytest.approx((0.80 + 0.72 + 0.74) / 3)
+    assert steady["std_ood_auroc"] == pytest.approx(0.01 / math.sqrt(2))
+    assert steady["mean_score"] == pytest.approx(goals.score({"id_acc": 0.775, "ood_auroc": 0.875}))
+    assert "unconfirmed" not in {r["trial_id"] for r in rows if r["pareto"]}
+    assert best_trial_row(rows, goals)["trial_id"] == "steady"
+    statement = choice_statement(rows, goals)
+    assert statement.startswith("trial steady is chosen: on the Pareto front")
+    assert "(mean of 2 runs)" in statement
+    table = format_confirmation(rows, goals)
+    assert table.splitlines()[3].split()[:2] == ["steady", "2"]

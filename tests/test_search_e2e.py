@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -140,10 +141,11 @@ def test_nan_trial_failed_with_reason(search):
     _, exp_dir = search
     by_lr, errors = _by_lr(exp_dir)
     assert errors[3.0e-3] is None and errors[1.0e-9] is None
-    assert (
-        "TrialFailedError: worker rank 0: NonFiniteLossError: non-finite loss nan at step 2"
-        in errors[1.0e4]
-    )
+    # the reason is the first and the last line of the message, the workers' tracebacks between
+    reason = re.search(r"TrialFailedError: (worker rank 0: NonFiniteLossError: .*)", errors[1.0e4])
+    assert reason and "non-finite loss nan at step" in reason.group(1)
+    assert errors[1.0e4].strip().splitlines()[-1] == reason.group(1)
+    assert "Traceback" in errors[1.0e4] and "raymmft/finetune.py" in errors[1.0e4]
     # It diverged at step 2, before its first evaluation: no (NaN) metric was ever reported.
     assert "id_acc" not in by_lr[1.0e4]
     import pyarrow.parquet as pq

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     run_search(cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight)
     exp = read_experiment(cfg.storage.experiment)
-    pending = exp.unfinished()
+    confirmation = exp.confirmation()
+    pending = exp.unfinished() + (confirmation.unfinished() if confirmation else [])
     resume = f"raymmft search --resume {shlex.quote(exp.location.uri)}"
     if pending:
         print(
@@ -114,6 +115,7 @@ def print_search_summary(cfg, exp) -> None:
         best_trial_row,
         choice_statement,
         chosen_row,
+        format_confirmation,
         format_trials,
         searched_params,
         trial_rows,
@@ -130,6 +132,9 @@ def print_search_summary(cfg, exp) -> None:
             f"\nno candidate reported every objective ({objectives.describe()}); nothing to choose"
         )
         return
+    confirmed = format_confirmation(rows, objectives)
+    if confirmed:
+        print(f"\n{confirmed}")
     print(f"\n{choice_statement(rows, objectives)}")
     best = best_trial_row(rows, objectives)
     if best is not None:

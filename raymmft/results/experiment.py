@@ -46,6 +46,11 @@ NEGATIVES_FILE = "negatives.pt"
 ZERO_SHOT_FILE = "zero_shot.json"
 RESULT_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "params.json", "error.txt"
 STATE_FILE = re.compile(r"experiment_state-.*\.json")
+# the confirmation runs of a search's top trials (raymmft.search.run_confirmation): a Tune
+# experiment of its own inside the search's
+CONFIRM_DIR = "confirm"
+# Tune names a trial's directory after its trainable
+DRIVER_PREFIXES = ("trial_driver_", "confirm_driver_")
 _TRIAL_DIR = re.compile(r"_([0-9a-f]{5,16})_\d+_")
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
 
@@ -79,6 +84,12 @@ class Experiment:
         before searches were prepared)."""
         found = read_json(self.location.join(PREPARED_DIR, ZERO_SHOT_FILE))
         return found or None
+
+    def confirmation(self) -> Experiment | None:
+        """The confirmation runs (``confirm/``, a Tune experiment of seeds of the top trials);
+        ``None`` when the search had none."""
+        location = self.location.join(CONFIRM_DIR)
+        return read_experiment(location) if location.is_dir() else None
 
     def unfinished(self) -> list[str]:
         """Trials that neither terminated nor errored (they continue on ``--resume``)."""
@@ -249,7 +260,7 @@ def is_experiment(names) -> bool:
     """Whether a directory's entry names look like an experiment's (config or Tune state)."""
     names = set(names)
     return bool(names & {CONFIG_FILE, TUNER_FILE}) or any(
-        n.startswith(("experiment_state-", "trial_driver_")) for n in names
+        n.startswith(("experiment_state-", *DRIVER_PREFIXES)) for n in names
     )
 
 
@@ -276,7 +287,7 @@ def read_experiment(location: str | Location) -> Experiment:
     dirs = {
         e.base_name: root.join(e.base_name)
         for e in entries
-        if e.type == pafs.FileType.Directory and e.base_name.startswith("trial_driver_")
+        if e.type == pafs.FileType.Directory and e.base_name.startswith(DRIVER_PREFIXES)
     }
     by_dir = {s["relative_logdir"]: tid for tid, s in state.items() if s.get("relative_logdir")}
     trials: dict[str, TrialRecord] = {}

@@ -2,6 +2,7 @@
 (or anywhere else) on any storage:
 
 - ``trials.parquet``: one row per trial, and the zero-shot baseline's;
+- ``confirmation.parquet``: with ``search.confirm``, one row per (confirmed trial, seed);
 - ``pareto.png``, ``curves.png``, ``time.png``, ``importance.png``;
 - ``best.yaml``: the whole config with the chosen trial's values and no search space
   (``raymmft train report/best.yaml`` re-runs it); when the zero-shot starting model is chosen,
@@ -40,6 +41,8 @@ from raymmft.results.rows import (
     best_trial_row,
     choice_statement,
     chosen_row,
+    confirmation_rows,
+    format_confirmation,
     format_trials,
     objectives_of,
     rows_table,
@@ -66,6 +69,7 @@ class ReportPaths:
     importance_png: str
     index_html: str
     best_yaml: str | None
+    confirmation_parquet: str | None
     tensorboard_command: str
     table: str
     num_trials: int
@@ -78,6 +82,7 @@ class ReportPaths:
     def describe(self) -> str:
         files = [self.index_html, self.trials_parquet, self.pareto_png, self.curves_png]
         files += [self.time_png, self.importance_png] + ([self.best_yaml] if self.best_yaml else [])
+        files += [self.confirmation_parquet] if self.confirmation_parquet else []
         lines = [
             *self.importance,
             f"report of {self.num_trials} trial(s) in {self.out_dir}:",
@@ -108,6 +113,11 @@ def write_report(
     names = ("trials.parquet", "pareto.png", "curves.png", "time.png", "importance.png")
     parquet, pareto, curves, times, importance_png = (out.join(n) for n in names)
     pq.write_table(rows_table(rows), parquet.fs_path, filesystem=parquet.filesystem)
+    confirmation = None
+    runs = confirmation_rows(exp, rows)
+    if runs:
+        confirmation = out.join("confirmation.parquet")
+        pq.write_table(rows_table(runs), confirmation.fs_path, filesystem=confirmation.filesystem)
     axes = plot_axes(objectives)
     title = f"{exp.name}: {len(trials_only(rows))} trials, Pareto front of {objectives.describe()}"
     images = {
@@ -134,6 +144,7 @@ def write_report(
         importance_png=str(importance_png),
         index_html=str(index),
         best_yaml=str(best_yaml) if best_yaml is not None else None,
+        confirmation_parquet=str(confirmation) if confirmation is not None else None,
         tensorboard_command=tensorboard_command(exp.location),
         table=format_trials(rows, objectives),
         num_trials=len(trials_only(rows)),
@@ -258,6 +269,7 @@ def render_page(
         best_params=searched_params(best) if best else {},
         best_yaml=best_config_yaml(exp, best, rows) if best else "",
         chosen=chosen_row(rows),
+        confirmation=format_confirmation(rows, objectives_of(exp)),
         choice=choice_statement(rows, objectives_of(exp)),
         objectives=objectives_of(exp),
         metric_columns=table_columns(objectives_of(exp), False),

@@ -155,8 +155,87 @@ def trial_rows(exp: Experiment) -> list[dict]:
             reference = base[metric] if base is not None else math.nan
             row[f"delta_{metric}"] = row[metric] - reference
     rows = ([base] if base is not None else []) + rows
+    add_confirmation(rows, confirmation_rows(exp, rows), objectives)
     mark_choice(rows, objectives)
     return rows
+
+
+def confirmation_rows(exp: Experiment, rows: list[dict]) -> list[dict]:
+    """One row per (candidate, seed) of a search's confirmation (``search.confirm``): each
+    confirmed trial's own run (its seed, its last report) and every confirmation run's last
+    report; ``candidate``, ``seed``, ``own_run``, ``status`` and the reported metrics. Empty when
+    the search had no confirmation."""
+    confirm = exp.confirmation()
+    if confirm is None:
+        return []
+    runs = []
+    for t in confirm.trials:
+        run = t.config.get("run") if isinstance(t.config, dict) else None
+        if not isinstance(run, dict):
+            continue
+        last = t.results[-1] if t.results else {}
+        runs.append(
+            {
+                "candidate": run.get("candidate"),
+                "seed": run.get("seed"),
+                "own_run": False,
+                "status": t.status,
+                **_metrics_of(last),
+            }
+        )
+    by_id = {r["trial_id"]: r for r in rows}
+    out = []
+    for candidate in dict.fromkeys(r["candidate"] for r in runs):
+        own = by_id.get(candidate)
+        if own is not None:
+            seed = own.get("param.train.seed", config_value(exp.base_config, "train.seed"))
+            out.append(
+                {
+                    "candidate": candidate,
+                    "seed": seed,
+                    "own_run": True,
+                    "status": own["status"],
+                    **_metrics_of(own),
+                }
+            )
+        out += sorted((r for r in runs if r["candidate"] == candidate), key=lambda r: r["seed"])
+    return out
+
+
+def _metrics_of(report: dict) -> dict:
+    """The numbers a report (or a row) holds under their reported names."""
+    skip = TUNE_KEYS | {"epoch", "epochs", "max_epochs", "reports", "baseline", "pareto", "chosen"}
+    return {
+        k: v
+        for k, v in report.items()
+        if _is_number(v)
+        and k not in skip | {"num_failures", "confirm_runs"}
+        and not k.startswith(("best_", "delta_", "time_", "time/", "param.", "mean_", "std_"))
+    }
+
+
+def add_confirmation(rows: list[dict], runs: list[dict], objectives: Objectives) -> None:
+    """Each confirmed trial's ``confirm_runs`` (finished runs, its own included) and the mean and
+    standard deviation (``mean_<m>``, ``std_<m>``; ``ddof=1``) of every objective and the score
+    over them."""
+    if not runs:
+        return
+    import statistics
+
+    for row in rows:
+        if row.get("baseline"):
+            continue
+        mine = [r for r in runs if r["candidate"] == row["trial_id"]]
+        done = [
+            r for r in mine if all(not math.isnan(to_float(r.get(m))) for m in objectives.metrics)
+        ]
+        row["confirm_runs"] = len(done)
+        for metric in dict.fromkeys([*objectives.metrics, SCORE]):
+            values = [
+                objectives.score(r) if metric == SCORE else to_float(r.get(metric)) for r in done
+            ]
+            row[f"mean_{metric}"] = statistics.fmean(values) if values else math.nan
+            row[f"std_{metric}"] = statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def baseline_row(exp: Experiment, metrics: list[str] | None = None) -> dict | None:
@@ -189,11 +268,24 @@ def trials_only(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("baseline")]
 
 
+def choice_view(row: dict, confirming: bool) -> dict:
+    """What the choice sees of a row: its last report's values; with a confirmation, a trial's
+    means over its runs (a trial that was not confirmed is no candidate then)."""
+    if row.get("baseline") or not confirming:
+        return row
+    if not row.get("confirm_runs"):
+        return {}
+    return {k.removeprefix("mean_"): v for k, v in row.items() if k.startswith("mean_")}
+
+
 def mark_choice(rows: list[dict], objectives: Objectives) -> int | None:
-    """Mark every candidate (the baseline and the trials) on the Pareto front of the objectives
-    (``pareto``) and the one chosen (``chosen``: on the front, highest score); return its index."""
-    front = set(objectives.front(rows))
-    chosen = objectives.choose(rows)
+    """Mark every candidate (the baseline and the trials; with a confirmation, the baseline and
+    the confirmed trials on their means) on the Pareto front of the objectives (``pareto``) and
+    the one chosen (``chosen``: on the front, highest score); return its index."""
+    confirming = any(r.get("confirm_runs") for r in rows)
+    views = [choice_view(r, confirming) for r in rows]
+    front = set(objectives.front(views))
+    chosen = objectives.choose(views)
     for i, r in enumerate(rows):
         r["pareto"] = i in front
         r["chosen"] = i == chosen
@@ -207,10 +299,22 @@ def chosen_row(rows: list[dict]) -> dict | None:
 
 
 def best_trial_row(rows: list[dict], objectives: Objectives) -> dict | None:
-    """The best fine-tuned option: the choice among the trials alone."""
+    """The best fine-tuned option: the choice among the trials alone (on their means when
+    confirmed)."""
     trials = trials_only(rows)
-    index = objectives.choose(trials)
+    confirming = any(r.get("confirm_runs") for r in trials)
+    index = objectives.choose([choice_view(r, confirming) for r in trials])
     return None if index is None else trials[index]
+
+
+def _choice_score(row: dict, objectives: Objectives) -> str:
+    """A candidate's score as the choice saw it, with its spread when it is a mean."""
+    runs = row.get("confirm_runs") or 0
+    if row.get("baseline") or runs == 0:
+        return f"{objectives.score(row):.3f}"
+    spread = row.get(f"std_{SCORE}", math.nan)
+    spread = "" if math.isnan(spread) else f" ± {spread:.3f}"
+    return f"{row[f'mean_{SCORE}']:.3f}{spread} (mean of {runs} runs)"
 
 
 def choice_statement(rows: list[dict], objectives: Objectives) -> str | None:
@@ -229,15 +333,17 @@ def choice_statement(rows: list[dict], objectives: Objectives) -> str | None:
                 f"({objectives.describe()}); nothing was fine-tuned that could be compared"
             )
         return (
-            f"no trial beat the zero-shot model on score: {chosen[SCORE]:.3f} against "
-            f"{best[SCORE]:.3f} for the best trial {best['trial_id']} ({how}); the recommendation "
-            f"is the starting model itself, and {best['trial_id']} is the best fine-tuned option"
+            f"no trial beat the zero-shot model on score: {_choice_score(chosen, objectives)} "
+            f"against {_choice_score(best, objectives)} for the best trial {best['trial_id']} "
+            f"({how}); the recommendation is the starting model itself, and "
+            f"{best['trial_id']} is the best fine-tuned option"
         )
     base = next((r for r in rows if r.get("baseline")), None)
-    against = f", zero-shot {base[SCORE]:.3f}" if base is not None else ""
+    against = f", zero-shot {_choice_score(base, objectives)}" if base is not None else ""
     return (
         f"trial {chosen['trial_id']} is chosen: on the Pareto front of "
-        f"{objectives.describe()}, highest score {chosen[SCORE]:.3f}{against} ({how})"
+        f"{objectives.describe()}, highest score {_choice_score(chosen, objectives)}{against} "
+        f"({how})"
     )
 
 
@@ -302,6 +408,26 @@ def format_trials(rows: list[dict], objectives: Objectives) -> str:
     legend += f"score = {objectives.formula()}"
     legend += "; delta_* = change against the zero-shot starting model)" if has_base else ")"
     return format_table(ordered, cols, marks=marks) + "\n" + legend
+
+
+def format_confirmation(rows: list[dict], objectives: Objectives) -> str | None:
+    """The confirmed trials: runs, and mean ± std of every objective and the score over them
+    (``None`` without a confirmation)."""
+    confirmed = [r for r in rows if r.get("confirm_runs")]
+    if not confirmed:
+        return None
+    metrics = [*dict.fromkeys([*objectives.metrics, SCORE])]
+
+    def pm(row: dict, metric: str) -> str:
+        mean, std = row[f"mean_{metric}"], row[f"std_{metric}"]
+        return f"{mean:.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
+
+    table = [
+        {"trial_id": r["trial_id"], "runs": r["confirm_runs"], **{m: pm(r, m) for m in metrics}}
+        for r in sorted(confirmed, key=lambda r: -_nan_low(r[f"mean_{SCORE}"]))
+    ]
+    head = "confirmation over seeds (mean ± std over each trial's runs, its own included):"
+    return head + "\n" + format_table(table, ["trial_id", "runs", *metrics])
 
 
 # ---------------------------------------------------------------- parquet
