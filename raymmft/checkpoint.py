@@ -64,10 +64,18 @@ def load_state(checkpoint: str | Location) -> dict:
     return state
 
 
-def load_weights(model: torch.nn.Module, checkpoint: str | Location, *, arch: str) -> None:
+def load_weights(
+    model: torch.nn.Module,
+    checkpoint: str | Location,
+    *,
+    arch: str,
+    interpolate: float | None = None,
+) -> None:
     """Load a raymmft checkpoint's model weights (a checkpoint directory, its ``state.pt``, or a
     bare state dict file, on any storage) into ``model``; a checkpoint of another architecture or
-    one that does not fit ``model`` is a clear error."""
+    one that does not fit ``model`` is a clear error. With ``interpolate`` (alpha), ``model``
+    holds the starting weights and gets ``(1 - alpha) * start + alpha * checkpoint`` (WiSE-FT,
+    ``raymmft.interpolation``)."""
     location = state_file(checkpoint)
     payload = read_torch_file(location)
     state = payload.get("model", payload) if isinstance(payload, dict) else None
@@ -85,4 +93,8 @@ def load_weights(model: torch.nn.Module, checkpoint: str | Location, *, arch: st
             f"checkpoint {location} does not fit architecture '{arch}' "
             f"({len(bad)} mismatched and {len(missing)} missing tensors, e.g. '{first}')"
         )
+    if interpolate is not None:
+        from raymmft.interpolation import interpolate_state
+
+        state = interpolate_state(own, state, interpolate)
     model.load_state_dict(state)

@@ -101,6 +101,13 @@ class ModelConfig(_Section):
         0.07, description="initial tau; logit_scale = log(1/tau); None keeps the weights' value"
     )
     learn_temperature: bool = Field(True, description="train the logit scale with the weights")
+    interpolate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="WiSE-FT: the weights evaluated at the end are (1 - a) * start + a * trained "
+        "(None: the trained weights); best.yaml sets it when the choice is interpolated",
+    )
 
     @field_validator("pretrained")
     @classmethod
@@ -231,12 +238,28 @@ class EvalConfig(_Section):
     every_n_epochs: int = Field(1, ge=1, description="evaluate (and report) every n epochs")
     batch_size: int = Field(256, ge=1, description="images per evaluation batch")
     neglabel: NegLabelConfig = NegLabelConfig()
+    interpolation: list[float] = Field(
+        [],
+        description="WiSE-FT: at every evaluation also evaluate (1 - a) * start + a * trial for "
+        "each a (in [0, 1)); each (trial, a) is a candidate in the front and the choice",
+    )
     bootstrap_resamples: int = Field(
         1000,
         ge=0,
         description="resamples of the 95 % bootstrap intervals on the chosen model's test-set "
         "evaluation (paired against the zero-shot model); 0: none",
     )
+
+    @field_validator("interpolation")
+    @classmethod
+    def _alphas(cls, v):
+        for a in v:
+            if not 0 <= a < 1:
+                raise ValueError(f"each alpha must be in [0, 1) (1 is the trial itself), got {a}")
+        twice = _first_repeat(v)
+        if twice is not None:
+            raise ValueError(f"alpha {twice} given twice")
+        return sorted(v)
 
     @field_validator("bootstrap_resamples")
     @classmethod
@@ -565,7 +588,9 @@ class Config(_Section):
         """The names of what every report of a trial carries (``raymmft.objectives``)."""
         from raymmft.data.spec import set_names
 
-        return reported_metrics(self.eval.scores, set_names(self.data.ood_val))
+        return reported_metrics(
+            self.eval.scores, set_names(self.data.ood_val), self.eval.interpolation
+        )
 
     def to_dict(self) -> dict:
         """The whole config as plain data, defaults included (what an experiment saves): it

@@ -25,8 +25,9 @@ from raymmft.data.dataset import fill_unreadable
 from raymmft.data.spec import set_names
 from raymmft.evaluation import Evaluator
 from raymmft.finetune import FineTuner, seed_everything, steps_per_epoch
+from raymmft.interpolation import interpolate_state, starting_state
 from raymmft.model import build_model
-from raymmft.objectives import SCORE
+from raymmft.objectives import INTERP_TIME, SCORE, interp_name
 from raymmft.storage import Location
 from raymmft.text import tokenize_class_prompts
 from raymmft.text_encoder import TrainingForward, clip_of
@@ -155,6 +156,12 @@ def run_training(
         began = time.perf_counter()
         evaluation = run.evaluator.evaluate(clip_of(run.finetuner.model))
         metrics.update(report_metrics(cfg, evaluation), **carried)
+        if run.interpolation is not None:
+            interpolated = time.perf_counter()
+            metrics.update(
+                run.interpolation.metrics(cfg, clip_of(run.finetuner.model), run.evaluator)
+            )
+            metrics[INTERP_TIME] = time.perf_counter() - interpolated
         metrics["time/eval_s"] = time.perf_counter() - began
         if run.writer is not None:  # before the report: a scheduler may stop the trial at it
             run.writer.log_train(run.finetuner.step, metrics)
@@ -170,6 +177,28 @@ def run_training(
 
 
 @dataclass
+class Interpolation:
+    """WiSE-FT at every evaluation (``eval.interpolation``): the starting weights (held once per
+    worker, on the CPU) and a second model of the architecture that is loaded with
+    ``(1 - alpha) * start + alpha * trial`` for each alpha and evaluated like the trial, sharded
+    over the workers."""
+
+    start: dict
+    model: torch.nn.Module
+    alphas: list[float]
+
+    def metrics(self, cfg: Config, trained: torch.nn.Module, evaluator: Evaluator) -> dict:
+        """``interp/<alpha>/<metric>`` for every metric the trial reports of its evaluation."""
+        weights = trained.state_dict()
+        out = {}
+        for alpha in self.alphas:
+            self.model.load_state_dict(interpolate_state(self.start, weights, alpha))
+            measured = report_metrics(cfg, evaluator.evaluate(self.model))
+            out.update({interp_name(k, alpha): v for k, v in measured.items()})
+        return out
+
+
+@dataclass
 class _Run:
     finetuner: FineTuner
     loader: torch.utils.data.DataLoader
@@ -177,6 +206,7 @@ class _Run:
     evaluator: Evaluator
     writer: object = None
     train_seconds: float = 0.0
+    interpolation: Interpolation | None = None
 
 
 def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
@@ -184,6 +214,12 @@ def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
     state), the evaluator and rank 0's TensorBoard writer."""
     seed_everything(cfg.train.seed)
     bundle = model_of(cfg, worker.device)
+    interpolation = None
+    if cfg.eval.interpolation:  # the starting weights, before any step or resumed state
+        import copy
+
+        twin = copy.deepcopy(bundle.model).eval()
+        interpolation = Interpolation(starting_state(bundle.model), twin, cfg.eval.interpolation)
     if cfg.train.grad_checkpointing:
         bundle.model.set_grad_checkpointing(True)
     transform = bundle.preprocess_train if cfg.train.augment else bundle.preprocess_eval
@@ -236,7 +272,7 @@ def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
     )
     if inputs.resume_state is not None:
         finetuner.load_state_dict(inputs.resume_state, arch=cfg.model.arch)
-    return _Run(finetuner, loader, steps, evaluator, writer)
+    return _Run(finetuner, loader, steps, evaluator, writer, interpolation=interpolation)
 
 
 def _train_epoch(run: _Run, worker: WorkerContext, hooks: Hooks) -> dict:
@@ -285,7 +321,8 @@ def evaluate_checkpoint(
     compare_start: bool = False,
 ):
     """Evaluate a checkpoint (a directory or ``state.pt`` on any storage; ``None``: the starting
-    model of ``cfg``) on its OoD test (or validation) sets, with the negatives the trials used
+    model of ``cfg``; ``model.interpolate``: those weights interpolated toward the starting
+    model) on its OoD test (or validation) sets, with the negatives the trials used
     (``negatives``: a stored ``NegativeLabels``, as a search's preparation step writes) or mined by
     the starting model. With ``bootstrap`` resamples, every metric gets its 95 % interval
     (``raymmft.ood.bootstrap``, seeded with ``train.seed``); with ``compare_start`` too, the
@@ -302,7 +339,9 @@ def evaluate_checkpoint(
     if compare_start and checkpoint is not None and bootstrap:
         start = evaluator.evaluate(bundle.model)
     if checkpoint is not None:
-        load_weights(bundle.model, checkpoint, arch=cfg.model.arch)
+        load_weights(
+            bundle.model, checkpoint, arch=cfg.model.arch, interpolate=cfg.model.interpolate
+        )
     result = evaluator.evaluate(bundle.model)
     if bootstrap:
         result.add_intervals(bootstrap, cfg.train.seed, reference=start, reference_name="zero-shot")

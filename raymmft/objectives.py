@@ -70,14 +70,29 @@ def evaluation_metrics(scores: Iterable[str], ood_sets: Iterable[str]) -> list[s
     return out
 
 
-def reported_metrics(scores: Iterable[str], ood_sets: Iterable[str]) -> set[str]:
-    """Every name a report of a trial carries (the first report also ``time/startup_s``)."""
-    return {
-        *TRAINING_METRICS,
-        *TIME_METRICS,
-        *evaluation_metrics(scores, ood_sets),
-        SCORE,
-    }
+def reported_metrics(
+    scores: Iterable[str], ood_sets: Iterable[str], alphas: Iterable[float] = ()
+) -> set[str]:
+    """Every name a report of a trial carries (the first report also ``time/startup_s``); with
+    interpolation (``eval.interpolation``), every evaluation metric and the score of each
+    ``alpha`` as ``interp/<alpha>/<name>`` and ``time/interp_eval_s``."""
+    own = [*evaluation_metrics(scores, ood_sets), SCORE]
+    alphas = list(alphas)
+    out = {*TRAINING_METRICS, *TIME_METRICS, *own}
+    for alpha in alphas:
+        out |= {interp_name(name, alpha) for name in own}
+    if alphas:
+        out.add(INTERP_TIME)
+    return out
+
+
+INTERP_TIME = "time/interp_eval_s"
+
+
+def interp_name(metric: str, alpha: float) -> str:
+    """``interp/<alpha>/<metric>``: a metric of the weights interpolated at ``alpha`` toward the
+    starting model (``raymmft.interpolation``)."""
+    return f"interp/{alpha:g}/{metric}"
 
 
 def mode_of(metric: str) -> str:

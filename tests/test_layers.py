@@ -30,6 +30,7 @@ LAYERS = {
         "raymmft.losses",
         "raymmft.text_encoder",
         "raymmft.distributed",
+        "raymmft.interpolation",
         "raymmft.checkpoint",
         "raymmft.finetune",
         "raymmft.evaluation",

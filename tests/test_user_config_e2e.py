@@ -1,8 +1,9 @@
 """A config a user writes, in their own folder, through the CLI and real Ray (issue 22): no
 ``storage``, ``resources``, ``eval`` or ``train`` section; relative data and corpus paths; the
 search's own objectives (ID accuracy up, FPR95 down) in the front, the choice, ``best.yaml`` and
-the page; and a search in which every trial diverges, which exits 1, retries nothing and prints
-one line per trial."""
+the page; WiSE-FT candidates (``eval.interpolation``, issue 24) at alpha 0 (the zero-shot model)
+and 0.5, which ``raymmft evaluate --interpolate`` reproduces; and a search in which every trial
+diverges, which exits 1, retries nothing and prints one line per trial."""
 
 import json
 import os
@@ -67,7 +68,9 @@ def user_search(tmp_path_factory):
     words = ["banana", "violin", "glacier", "teapot", "tractor", "lantern", "pebble", "kettle"]
     (home / "data" / "words.txt").write_text("\n".join(words * 4) + "\n")
     (home / "mine.yaml").write_text(USER_CONFIG)
-    run = _cli(["search", "mine.yaml", "--set", "eval.neglabel.corpus=data/words.txt"], home)
+    flags = ["--set", "eval.neglabel.corpus=data/words.txt"]
+    flags += ["--set", "eval.interpolation=[0.0, 0.5]"]
+    run = _cli(["search", "mine.yaml", *flags], home)
     return run, home / "raymmft_results" / "mine"
 
 
@@ -77,7 +80,7 @@ def test_a_users_minimal_config_runs_and_every_trial_finishes(user_search):
     import pyarrow.parquet as pq
 
     rows = pq.read_table(exp / "report" / "trials.parquet").to_pylist()
-    trials = [r for r in rows if not r["baseline"]]
+    trials = [r for r in rows if not r["baseline"] and r["alpha"] == 1.0]
     assert len(trials) == 2
     assert {r["stop_reason"] for r in trials} == {"completed"}
     saved = json.loads((exp / "raymmft_config.json").read_text())
@@ -125,6 +128,64 @@ def test_front_choice_best_yaml_and_page_follow_the_searchs_objectives(user_sear
     events.Reload()
     layout = events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
     assert b"ood_fpr95 (min)" in layout and b"score = id_acc - ood_fpr95" in layout
+
+
+def test_every_trial_has_candidates_at_each_alpha_and_alpha_0_is_the_zero_shot_model(
+    user_search,
+):
+    run, exp = user_search
+    assert run.returncode == 0, run.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(exp / "report" / "trials.parquet").to_pylist()
+    base = next(r for r in rows if r["baseline"])
+    trials = [r["trial_id"] for r in rows if not r["baseline"] and r["alpha"] == 1.0]
+    for trial in trials:
+        alphas = sorted(r["alpha"] for r in rows if r.get("trial") == trial)
+        assert alphas == [0.0, 0.5, 1.0]
+        zero = next(r for r in rows if r["trial_id"] == f"{trial}@0")
+        for metric in ("id_acc", "ood_auroc", "ood_fpr95", "modality_gap"):
+            assert zero[metric] == pytest.approx(base[metric], abs=1e-6), metric
+    # the page's Pareto plot and table hold them too
+    page = (exp / "report" / "index.html").read_text()
+    assert f"{trials[0]}@0.5" in page
+
+
+def test_evaluate_interpolate_reproduces_the_half_way_candidate(user_search):
+    run, exp = user_search
+    assert run.returncode == 0, run.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(exp / "report" / "trials.parquet").to_pylist()
+    half = next(r for r in rows if r.get("alpha") == 0.5)
+    home = exp.parents[1]
+    out = home / "half.json"
+    evaluated = _cli(
+        [
+            "evaluate",
+            "--arch",
+            "raymmft-tiny",
+            "--checkpoint",
+            half["checkpoint_path"],
+            "--interpolate",
+            "0.5",
+            "--id",
+            "imagefolder:data/images?split=val",
+            "--ood",
+            "imagefolder:data/ood",
+            "--neg-corpus",
+            "data/words.txt",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        home,
+    )
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["id_accuracy"] == pytest.approx(half["id_acc"], abs=1e-6)
+    assert result["mean"]["neglabel"]["auroc"] == pytest.approx(half["ood_auroc"], abs=1e-6)
+    assert result["mean"]["neglabel"]["fpr95"] == pytest.approx(half["ood_fpr95"], abs=1e-6)
 
 
 DIVERGING = """\

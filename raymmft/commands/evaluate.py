@@ -56,6 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "a URI (s3://, gs://, file://)",
     )
     model.add_argument(
+        "--interpolate",
+        type=float,
+        metavar="ALPHA",
+        help="with --checkpoint: evaluate (1 - ALPHA) * start + ALPHA * checkpoint (WiSE-FT; the "
+        "start is --arch/--pretrained/--seed), as a search's interpolated candidates",
+    )
+    model.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype"
     )
     model.add_argument(
@@ -193,6 +200,18 @@ def _parse_spec(text: str, option: str):
         raise ConfigError(f"{option} {text!r}: {reason.removeprefix('Value error, ')}") from None
 
 
+def check_interpolate(args: argparse.Namespace) -> None:
+    """``--interpolate`` needs ``--checkpoint`` and an alpha in [0, 1]."""
+    from raymmft.errors import ConfigError
+
+    if args.interpolate is None:
+        return
+    if not args.checkpoint:
+        raise ConfigError("--interpolate needs --checkpoint (the weights interpolated toward)")
+    if not 0 <= args.interpolate <= 1:
+        raise ConfigError(f"--interpolate must be in [0, 1], got {args.interpolate}")
+
+
 def check_bootstrap(args: argparse.Namespace) -> None:
     """``--bootstrap``, ``--bootstrap-seed`` and ``--compare-start``, one line naming the flag."""
     from raymmft.config import check_seed
@@ -222,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(cache, "--neg-cache", directory=True)
     check_seed(args.seed, "--seed")
     check_bootstrap(args)
+    check_interpolate(args)
     device = resolve_device(args.device)
     settings = eval_settings(args)
     id_spec = _parse_spec(args.id_set, "--id")
@@ -276,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     )
     start = evaluator.evaluate(bundle.model) if args.compare_start else None
     if args.checkpoint:
-        load_weights(bundle.model, args.checkpoint, arch=args.arch)
+        load_weights(bundle.model, args.checkpoint, arch=args.arch, interpolate=args.interpolate)
     result = evaluator.evaluate(bundle.model)
     if args.bootstrap:
         result.add_intervals(

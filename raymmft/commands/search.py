@@ -147,6 +147,8 @@ def print_search_summary(cfg, exp) -> None:
     if not cfg.data.ood_test or not (baseline or checkpoint):
         return
     params = {} if baseline else searched_params(chosen)
+    if not baseline and chosen.get("alpha", 1.0) < 1.0:
+        params["model.interpolate"] = float(chosen["alpha"])
     result = evaluate_remote(
         apply_trial_params(cfg, params),
         checkpoint,

@@ -84,6 +84,15 @@ def plot_pareto(rows: list[dict], chosen: dict | None, title: str, axes=("id_acc
             label=f"Pareto front ({len(front)})",
             zorder=4,
         )
+    curves = [r for r in valid if r.get("alpha", 1.0) < 1.0]
+    if curves:  # WiSE-FT: each trial's candidates from the start (alpha 0) to itself (alpha 1)
+        for trial in dict.fromkeys(r["trial"] for r in curves):
+            path = sorted(
+                (r for r in valid if r.get("trial") == trial), key=lambda r: r.get("alpha", 1.0)
+            )
+            path = ([base] if base is not None else []) + path
+            ax.plot(*xy(path), c="#1f77b4", lw=0.8, alpha=0.5, zorder=1)
+        ax.plot([], [], c="#1f77b4", lw=0.8, alpha=0.5, label="interpolation, start to trial")
     if chosen is not None:
         ax.scatter(*xy([chosen]), s=260, marker="*", c="#ffbf00", edgecolors="black", zorder=5)
     if base is not None:

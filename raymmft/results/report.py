@@ -164,6 +164,8 @@ def best_config(exp: Experiment, best: dict) -> dict:
     raw.pop("search", None)
     for key, value in searched_params(best).items():
         set_path(raw, key, value)
+    if best.get("alpha", 1.0) < 1.0:  # an interpolated candidate: train applies its alpha
+        set_path(raw, "model.interpolate", float(best["alpha"]))
     raw.setdefault("storage", {})["name"] = f"{exp.name}-best"
     return raw
 

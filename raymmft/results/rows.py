@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from raymmft.objectives import SCORE, TIME_PARTS, Objectives, mode_of, to_float
+from raymmft.objectives import SCORE, TIME_PARTS, Objectives, interp_name, mode_of, to_float
 from raymmft.results.experiment import Experiment
 from raymmft.search_space import flatten_fields
 
@@ -148,7 +148,10 @@ def trial_rows(exp: Experiment) -> list[dict]:
         row["path"] = t.path.uri if t.path is not None else None
         row["error"] = t.error
         row["baseline"] = False
+        row["alpha"] = 1.0
+        row["trial"] = t.trial_id
         rows.append(row)
+        rows += interpolated_rows(row, last, metrics)
     base = baseline_row(exp, metrics)
     for row in rows:
         for metric in dict.fromkeys([*objectives.metrics, *DELTAS]):
@@ -217,7 +220,8 @@ def _metrics_of(report: dict) -> dict:
 def add_confirmation(rows: list[dict], runs: list[dict], objectives: Objectives) -> None:
     """Each confirmed trial's ``confirm_runs`` (finished runs, its own included) and the mean and
     standard deviation (``mean_<m>``, ``std_<m>``; ``ddof=1``) of every objective and the score
-    over them."""
+    over them; an interpolated candidate (``alpha`` < 1) gets those of its trial's runs at its
+    alpha."""
     if not runs:
         return
     import statistics
@@ -225,7 +229,13 @@ def add_confirmation(rows: list[dict], runs: list[dict], objectives: Objectives)
     for row in rows:
         if row.get("baseline"):
             continue
-        mine = [r for r in runs if r["candidate"] == row["trial_id"]]
+        alpha = row.get("alpha", 1.0)
+        mine = [
+            # an interpolated candidate's runs: the same runs' metrics at its alpha
+            r if alpha == 1.0 else {m: r.get(interp_name(m, alpha)) for m in objectives.metrics}
+            for r in runs
+            if r["candidate"] == row.get("trial", row["trial_id"])
+        ]
         done = [
             r for r in mine if all(not math.isnan(to_float(r.get(m))) for m in objectives.metrics)
         ]
@@ -250,6 +260,7 @@ def baseline_row(exp: Experiment, metrics: list[str] | None = None) -> dict | No
         "reports": 0,
         "stop_reason": "baseline",
         "baseline": True,
+        "alpha": 0.0,
     }
     objectives = objectives_of(exp)
     stored = dict(stored["metrics"])
@@ -261,6 +272,33 @@ def baseline_row(exp: Experiment, metrics: list[str] | None = None) -> dict | No
     for metric in dict.fromkeys([*objectives.metrics, *DELTAS]):
         row[f"delta_{metric}"] = 0.0
     return row
+
+
+def interpolated_rows(row: dict, last: dict, metrics: list[str]) -> list[dict]:
+    """A trial's candidates between the start and itself (``eval.interpolation``): one row per
+    alpha its last report measured, ``trial_id`` ``<trial>@<alpha>``, ``alpha``, ``trial`` (the
+    trial's id), its searched values, status and checkpoint, and the metrics of
+    ``interp/<alpha>/...`` under their own names."""
+    alphas = sorted(
+        {float(k.split("/")[1]) for k in last if k.startswith("interp/") and k.count("/") >= 2}
+    )
+    out = []
+    for alpha in alphas:
+        prefix = interp_name("", alpha)
+        own = {k.removeprefix(prefix): v for k, v in last.items() if k.startswith(prefix)}
+        keep = ("status", "epochs", "max_epochs", "reports", "stop_reason", "checkpoint_path")
+        candidate = {
+            "trial_id": f"{row['trial_id']}@{alpha:g}",
+            **{k: v for k, v in row.items() if k.startswith("param.") or k in keep},
+            "baseline": False,
+            "alpha": alpha,
+            "trial": row["trial_id"],
+        }
+        for key in metrics:
+            candidate[key] = to_float(own.get(key))
+        candidate.update({k: v for k, v in own.items() if k not in candidate and _is_number(v)})
+        out.append(candidate)
+    return out
 
 
 def trials_only(rows: list[dict]) -> list[dict]:
@@ -340,10 +378,17 @@ def choice_statement(rows: list[dict], objectives: Objectives) -> str | None:
         )
     base = next((r for r in rows if r.get("baseline")), None)
     against = f", zero-shot {_choice_score(base, objectives)}" if base is not None else ""
+    alpha = chosen.get("alpha", 1.0)
+    mixed = (
+        f"; its weights are (1 - {alpha:g}) * start + {alpha:g} * trial {chosen['trial']} "
+        "(model.interpolate)"
+        if alpha < 1.0
+        else ""
+    )
     return (
         f"trial {chosen['trial_id']} is chosen: on the Pareto front of "
         f"{objectives.describe()}, highest score {_choice_score(chosen, objectives)}{against} "
-        f"({how})"
+        f"({how}){mixed}"
     )
 
 
