@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -522,3 +523,46 @@ def test_importance_says_why_not_below_its_minimum():
         "not computed: 5 finished trial(s), 6 needed for 3 searched field(s) (at least 2 per field)"
     )
     assert importance.lines() == [f"importance: {importance.note}"]
+
+
+def _test_evaluation(with_intervals: bool) -> dict:
+    metrics = {"auroc": 0.9, "fpr95": 0.3, "aupr_in": 0.8, "aupr_out": 0.85}
+    out = {
+        "trial_id": "aaaa0001",
+        "id_accuracy": 0.75,
+        "modality_gap": 0.5,
+        "primary_score": "mcm",
+        "scores": ["mcm"],
+        "num_id": 40,
+        "num_classes": 4,
+        "num_negatives": None,
+        "ood": {"far": {"num_samples": 40, "metrics": {"mcm": metrics}}},
+        "mean": {"mcm": metrics},
+    }
+    if with_intervals:
+        ci = {m: [v - 0.05, v + 0.05] for m, v in metrics.items()}
+        out["id_accuracy_ci95"] = [0.6125, 0.875]
+        out["ood"]["far"]["metrics_ci95"] = {"mcm": ci}
+        out["mean_ci95"] = {"mcm": ci}
+        out["bootstrap"] = {"resamples": 1000, "seed": 0, "interval": "95 %"}
+        delta = {m: {"value": 0.02, "ci95": [-0.01, 0.05]} for m in metrics}
+        out["delta_vs_reference"] = {
+            "reference": "zero-shot",
+            "id_accuracy": {"value": 0.05, "ci95": [0.0125, 0.1]},
+            "ood": {"far": {"mcm": delta}},
+            "mean": {"mcm": delta},
+        }
+    return out
+
+
+@pytest.mark.parametrize("with_intervals", [False, True])
+def test_the_page_shows_the_test_evaluation_with_or_without_intervals(tmp_path, with_intervals):
+    import json
+
+    exp = make_experiment(tmp_path)
+    (exp / "test_evaluation.json").write_text(json.dumps(_test_evaluation(with_intervals)))
+    page = Path(write_report(exp).index_html).read_text()
+    assert "ID accuracy <b>75.00 %</b>" in page
+    assert ("[61.25, 87.50]" in page) == with_intervals
+    assert ("ID accuracy +5.00 [+1.25, +10.00] points" in page) == with_intervals
+    assert ("+2.00 [-1.00, +5.00]" in page) == with_intervals
