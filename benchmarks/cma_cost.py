@@ -1,7 +1,7 @@
 """What the CMA regulariser costs: a training step with lambda > 0 against lambda = 0, and the loss alone.
 
 Two ``FineTuner``s over identical copies of the model, each wrapped as the worker loop wraps it
-(``raymmft.text_encoder.TrainingForward``: both towers, the class prompts at their real length),
+(``raymmft.text_tower.TrainingForward``: both towers, the class prompts at their real length),
 take steps on the same batches, alternating step by step (ABBA order), so both see the same machine
 load; the first steps of each are warm-up. Then the loss function alone is timed (forward +
 backward from the features of one batch): the whole ``cma_loss`` at lambda = 0 and > 0, and the
@@ -29,7 +29,7 @@ from raymmft.finetune import FineTuner, seed_everything
 from raymmft.losses import cma_loss
 from raymmft.model import build_model
 from raymmft.text import tokenize_class_prompts
-from raymmft.text_encoder import TrainingForward
+from raymmft.text_tower import TrainingForward
 
 
 def batches(bundle, batch: int, num_classes: int, count: int, seed: int = 0):

@@ -217,7 +217,7 @@ def main() -> None:
         if not trace:
             print(f"repeat {r + 1}/{args.repeats} done, load {harness.loadavg()}", flush=True)
     if args.mine:
-        from raymmft.corpora import resolve_corpus
+        from raymmft.neglabel_corpus import resolve_corpus
         from raymmft.ood.neglabel import mine_negative_labels
 
         mining = NegLabelConfig(corpus="wordnet")  # NegLabel's defaults over the WordNet corpus

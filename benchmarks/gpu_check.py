@@ -6,7 +6,7 @@ training throughput of ViT-B-16, achieved TFLOP/s and MFU, and the CMA loss on G
    must agree to 1e-4 of their size, the gradients to 1e-4 (float32) or 1e-2 (bf16, one bf16 step).
 2. ``throughput``: one Ray Train worker (``ScalingConfig(num_workers=1, use_gpu=True)``; Ray Train
    sets up torch.distributed with NCCL, checked by an all-reduce) runs ``raymmft.finetune.FineTuner``
-   steps (the worker loop's own step: ``raymmft.text_encoder.TrainingForward`` wrapped by
+   steps (the worker loop's own step: ``raymmft.text_tower.TrainingForward`` wrapped by
    ``prepare_model``, the prompts at their real length, CMA loss, AdamW, bf16 autocast) on ViT-B-16
    from random initialisation, batch 256 of random 224-px images already on the GPU (so data loading is out of
    the figure) and ImageNet-1k class prompts. FLOPs per step are counted once with
@@ -149,7 +149,7 @@ def throughput_worker(config: dict) -> None:
     from raymmft.finetune import FineTuner, seed_everything
     from raymmft.model import build_model
     from raymmft.text import imagenet_classnames, tokenize_class_prompts
-    from raymmft.text_encoder import TrainingForward
+    from raymmft.text_tower import TrainingForward
 
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.train").setLevel(logging.WARNING)

@@ -4,7 +4,7 @@ The Ray side is a real trial: ``raymmft.trial.make_trainer``'s ``TorchTrainer`` 
 ``raymmft.worker.train_fn_per_worker`` (through ``worker_probe.probed_train_fn``, which only adds a
 stopwatch), and its throughput is the ``images_per_s`` that the worker *reports* per epoch. The plain
 side is a hand-written loop in this process with the same model, data, batch, forward
-(``raymmft.text_encoder.TrainingForward``, as the worker wraps the model: both towers, the prompts
+(``raymmft.text_tower.TrainingForward``, as the worker wraps the model: both towers, the prompts
 at their real length), loss (CMA, same lambda), optimiser and schedule, timed the same way (images /
 seconds of the epoch's steps); a second plain loop calls ``FineTuner.train_step`` (the worker's own
 step), which separates what the Ray process environment costs from what our step code adds. Both exclude the
@@ -92,7 +92,7 @@ def _train_plain(cfg, finetuner: bool) -> dict:
     from raymmft.losses import cma_loss
     from raymmft.model import clamp_logit_scale
     from raymmft.text import tokenize_class_prompts
-    from raymmft.text_encoder import TrainingForward
+    from raymmft.text_tower import TrainingForward
 
     seed_everything(cfg.train.seed)
     bundle = model_of(cfg)

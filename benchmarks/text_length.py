@@ -34,7 +34,7 @@ def _wordnet_prompts(n: int, seed: int) -> list[str]:
 
 def encoding(model, tokenizer, prompts: list[str], repeats: int, batch: int) -> dict:
     from raymmft.ood.embed import TextEncoder
-    from raymmft.text_encoder import token_lengths
+    from raymmft.text_tower import token_lengths
 
     tokens = tokenizer(prompts)
     lengths = token_lengths(model, tokens).float()
@@ -78,7 +78,7 @@ def training_step(bundle, steps: int, batch: int) -> dict:
     from raymmft.config import TrainConfig
     from raymmft.finetune import FineTuner
     from raymmft.text import imagenet_classnames, tokenize_class_prompts
-    from raymmft.text_encoder import TrainingForward
+    from raymmft.text_tower import TrainingForward
 
     classes = imagenet_classnames()
     tokens = tokenize_class_prompts(bundle.tokenizer, classes)

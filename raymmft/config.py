@@ -48,7 +48,7 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 NOT_SEARCHABLE = ("search", "storage")
 # validation context of one candidate value of a searched field (Config._check_searched)
 CANDIDATE = "raymmft.candidate"
-# NegLabel corpora known by name (raymmft.corpora); any other value is a word file
+# NegLabel corpora known by name (raymmft.neglabel_corpus); any other value is a word file
 NAMED_CORPORA = ("wordnet", "world")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 __all__ = ["OOD_METRICS", "Config", "validate_config"]

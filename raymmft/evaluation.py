@@ -37,7 +37,7 @@ from raymmft.ood.metrics import accuracy, ood_metrics
 from raymmft.ood.scores import SCORES, ScoreContext, clip_logits, get_score
 from raymmft.progress import Progress, say
 from raymmft.storage import Location
-from raymmft.text_encoder import clip_of
+from raymmft.text_tower import clip_of
 
 METRICS = OOD_METRICS
 METRIC_TITLES = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out"}

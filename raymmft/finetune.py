@@ -2,7 +2,7 @@
 
 Pure PyTorch: the Ray layer (``raymmft.worker``) supplies the rank, the DDP wrapping and the
 reporting; this module knows nothing of Ray. A step reads (images, labels), turns the labels into
-their class prompts, runs both towers (``text_encoder.TrainingForward``: the prompts at their real
+their class prompts, runs both towers (``text_tower.TrainingForward``: the prompts at their real
 length) and minimises the CMA loss (docs/method.md, "The CMA loss") on the global batch.
 """
 
@@ -20,7 +20,7 @@ from raymmft.config import TrainConfig
 from raymmft.errors import ModelError
 from raymmft.losses import CMALoss
 from raymmft.model import clamp_logit_scale
-from raymmft.text_encoder import clip_of
+from raymmft.text_tower import clip_of
 
 
 def seed_everything(seed: int) -> None:

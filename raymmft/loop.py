@@ -30,7 +30,7 @@ from raymmft.model import build_model
 from raymmft.objectives import INTERP_TIME, SCORE, interp_name
 from raymmft.storage import Location
 from raymmft.text import tokenize_class_prompts
-from raymmft.text_encoder import TrainingForward, clip_of
+from raymmft.text_tower import TrainingForward, clip_of
 
 Report = Callable[[dict, dict | None], None]
 
@@ -100,7 +100,7 @@ def evaluator_for(
     report); class names from the ID train set (``classnames`` when the caller opened it already).
     NegLabel takes ``negatives`` (mined once per search by the starting model) or mines with
     ``bundle``'s model from the configured corpus."""
-    from raymmft.corpora import resolve_corpus
+    from raymmft.neglabel_corpus import resolve_corpus
 
     transform = bundle.preprocess_eval
     if classnames is None:

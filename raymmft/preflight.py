@@ -72,6 +72,6 @@ def preflight(cfg: Config) -> None:
         if where == "data.id_val":
             require_same_classes(dataset, train.classnames, f"{where} ({spec})", "data.id_train")
     if "neglabel" in cfg.eval.scores:
-        from raymmft.corpora import resolve_corpus
+        from raymmft.neglabel_corpus import resolve_corpus
 
         resolve_corpus(cfg.eval.neglabel)

@@ -10,8 +10,8 @@ import torch
 from pydantic import ValidationError
 
 from raymmft.config import EvalConfig, NegLabelConfig
-from raymmft.corpora import resolve_corpus
 from raymmft.errors import ConfigError
+from raymmft.neglabel_corpus import resolve_corpus
 from raymmft.ood.corpus import WordCorpus
 from raymmft.ood.embed import TextEncoder
 from raymmft.ood.neglabel import (

@@ -216,3 +216,28 @@ def test_resumed_search_tells_optuna_a_trial_tune_finished(tmp_path, storage, mo
     assert [(t.state.name, t.values) for t in trials] == [("COMPLETE", [0.5])]
     assert base._completed_trials == {"a"} and resumed.searcher.live_trials == set()
     assert resumed._counter == 1 and not resumed.is_finished()
+
+
+def test_the_private_attributes_raymmft_searcher_relies_on(tmp_path, monkeypatch):
+    """raymmft/searcher.py is the one module that reaches into Tune's OptunaSearch,
+    ConcurrencyLimiter and SearchGenerator; these are the attributes and their meaning it relies
+    on. An upgrade of Ray or Optuna that renames one fails here first."""
+    import optuna
+
+    cfg = _resume_config(tmp_path, "journal", monkeypatch)
+    alg = _resumable(cfg, 3)
+    limiter, base = alg.searcher, alg.searcher.searcher
+    config = limiter.suggest("t1")
+    assert isinstance(base._ot_study, optuna.Study)
+    assert base._study_name == cfg.storage.name
+    assert isinstance(base._sampler, optuna.samplers.RandomSampler)
+    assert set(base._space) == {"train/lam", "model/temperature", "train/lr"}
+    assert base._metric == "id_acc"
+    assert isinstance(base._ot_trials["t1"], optuna.Trial)
+    assert base._ot_trials["t1"].params == {
+        k.replace(".", "/"): v for k, v in flatten_params(config).items()
+    }
+    assert limiter.live_trials == {"t1"} and limiter.num_unfinished_live_trials == 1
+    limiter.on_trial_complete("t1", result={"id_acc": 0.5})
+    assert base._completed_trials == {"t1"} and limiter.live_trials == set()
+    assert isinstance(alg._counter, int)

@@ -262,10 +262,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from raymmft.checkpoint import load_weights
-    from raymmft.corpora import resolve_corpus
     from raymmft.data import open_dataset, require_id_classes
     from raymmft.evaluation import Evaluator, format_table, write_json
     from raymmft.model import build_model
+    from raymmft.neglabel_corpus import resolve_corpus
     from raymmft.preflight import check_model
 
     check_model(args.arch, args.pretrained)  # weights that do not load: one line, now

@@ -3,7 +3,7 @@
 Everything runs under ``torch.no_grad`` with the model in eval mode (its previous mode is restored),
 optionally under autocast with the model's training precision. Texts go through ``TextEncoder``:
 each prompt is tokenised once (``CachedTokenizer`` keeps the ids and lengths), prompts are batched
-by length and each batch is encoded at its real length (``raymmft.text_encoder``).
+by length and each batch is encoded at its real length (``raymmft.text_tower``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 from raymmft.distributed import gather_rows, shard_bounds
 from raymmft.progress import Progress
 from raymmft.text import class_prompts
-from raymmft.text_encoder import clip_of, encode_text, token_lengths
+from raymmft.text_tower import clip_of, encode_text, token_lengths
 
 DEFAULT_TEXT_BATCH_SIZE = 256
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from raymmft.objectives import Objectives
 from raymmft.results.rows import config_value, trials_only
+from raymmft.search_space import distributions_of
 
 # Fewer than two finished trials per searched field cannot tell the fields' effects apart.
 TRIALS_PER_FIELD = 2
@@ -33,36 +35,19 @@ class Importance:
         return out
 
 
-def _optuna_distribution(spec):
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    ((name, args),) = spec.items()
-    if name == "choice":
-        return CategoricalDistribution(args)
-    if name == "randint":
-        return IntDistribution(int(args[0]), int(args[1]) - 1)
-    if name == "quniform":
-        return FloatDistribution(args[0], args[1])
-    return FloatDistribution(args[0], args[1], log=name == "loguniform")
-
-
 def search_importance(rows: list[dict], base_config: dict) -> Importance:
     """The importance of every searched field for every objective of the search."""
     import optuna
 
     space = config_value(base_config, "search.space")
-    distributions = {k: _optuna_distribution(v) for k, v in space.items() if isinstance(v, dict)}
-    objectives = config_value(base_config, "search.objectives")
-    metrics = [o["metric"] if isinstance(o, dict) else o.metric for o in objectives]
-    modes = [o.get("mode", "max") if isinstance(o, dict) else o.mode for o in objectives]
+    distributions = {k: d.to_optuna() for k, d in distributions_of(space).items()}
+    goals = Objectives.of_saved(base_config.get("search"))
+    metrics, modes = goals.metrics, goals.modes
     finished = [
         r
         for r in trials_only(rows)
-        if r["stop_reason"] in ("completed", "early_stopped")
+        if r.get("alpha", 1.0) == 1.0  # a trial once, not its interpolations
+        and r["stop_reason"] in ("completed", "early_stopped")
         and all(isinstance(r.get(m), float) and math.isfinite(r[m]) for m in metrics)
         and all(f"param.{k}" in r for k in distributions)
     ]

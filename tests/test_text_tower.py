@@ -9,7 +9,7 @@ import torch
 
 from raymmft.model import build_model
 from raymmft.ood.embed import TextEncoder
-from raymmft.text_encoder import TrainingForward, encode_text, token_lengths, trims_exactly
+from raymmft.text_tower import TrainingForward, encode_text, token_lengths, trims_exactly
 
 PROMPTS = [
     "a photo of a cat.",
