@@ -312,7 +312,7 @@ def run_train(cfg: Config, *, address: str | None = None, preflight: bool = True
             what="the run",
         )
     except TrialFailedError as exc:
-        raise RunFailedError(f"training failed: {exc}") from None
+        raise RunFailedError(f"training failed: {exc.reason}") from None
 
 
 def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str = "test", **options):

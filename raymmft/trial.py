@@ -153,13 +153,21 @@ def fit_with_restarts(build, max_failures: int, *, what: str):
             reason = failure_reason(exc)
             if NON_FINITE in reason or failures >= max_failures:
                 # the reason first and last (its one line), the workers' tracebacks between
-                raise TrialFailedError(f"{reason}\n\n{str(exc).strip()}\n\n{reason}") from None
+                raise TrialFailedError(reason, str(exc).strip()) from None
             failures += 1
             print(f"{what}: {reason}; restart {failures} of {max_failures} from its checkpoint")
 
 
 class TrialFailedError(RuntimeError):
-    """A trial's training failed for good (after Ray Train's retries); the message says why."""
+    """A trial's training failed for good (after its restarts); ``reason`` says why in one line,
+    the message adds the workers' tracebacks (what Tune writes into the trial's error.txt)."""
+
+    def __init__(self, reason: str, details: str = ""):
+        super().__init__(f"{reason}\n\n{details}\n\n{reason}" if details else reason)
+        self.reason, self.details = reason, details
+
+    def __reduce__(self):  # Ray and Tune pickle it (error.pkl)
+        return type(self), (self.reason, self.details)
 
 
 def failure_reason(exc: TrainingFailedError) -> str:
