@@ -39,12 +39,24 @@ CONFIG = {
 
 
 def _finished_runs(confirm: Path) -> dict[Path, str]:
-    """Confirmation runs whose last result line says done: result file -> its digest."""
+    """Confirmation runs that Tune's saved state calls TERMINATED and whose result is on disk:
+    result file -> its digest."""
+    from raymmft.results.experiment import tune_state
+    from raymmft.storage import Location
+
+    if not confirm.is_dir():
+        return {}
+    try:
+        state = tune_state(Location.parse(str(confirm)))
+    except Exception:  # not written yet, or being written
+        return {}
     out = {}
-    for result in confirm.glob("confirm_driver_*/result.json"):
-        lines = [ln for ln in result.read_text().splitlines() if ln.strip()]
-        if lines and json.loads(lines[-1]).get("done"):
-            out[result] = hashlib.sha256(result.read_bytes()).hexdigest()
+    for trial_id, trial in state.items():
+        if trial["status"] != "TERMINATED":
+            continue
+        for result in confirm.glob(f"confirm_driver_{trial_id}_*/result.json"):
+            if result.read_text().strip():
+                out[result] = hashlib.sha256(result.read_bytes()).hexdigest()
     return out
 
 
