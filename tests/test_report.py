@@ -566,3 +566,32 @@ def test_the_page_shows_the_test_evaluation_with_or_without_intervals(tmp_path, 
     assert ("[61.25, 87.50]" in page) == with_intervals
     assert ("ID accuracy +5.00 [+1.25, +10.00] points" in page) == with_intervals
     assert ("+2.00 [-1.00, +5.00]" in page) == with_intervals
+
+
+def test_interpolated_candidates_are_rows_plotted_and_chosen_like_trials(tmp_path):
+    """A trial whose last report measured alpha 0.5 (eval.interpolation) gives a row
+    <trial>@0.5 in the table, the parquet file, the front and the choice; the curves and the
+    counts are of the trials themselves; best.yaml carries the alpha when it is chosen."""
+    import yaml
+
+    exp = make_experiment(tmp_path)
+    (result,) = exp.glob("trial_driver_aaaa0001_*/result.json")
+    lines = result.read_text().splitlines()
+    last = json.loads(lines[-1])
+    # halfway to the start: better OoD AUROC than any trial, a little ID accuracy lost
+    last.update({"interp/0.5/id_acc": 0.78, "interp/0.5/ood_auroc": 0.99, "interp/0.5/score": 0})
+    lines[-1] = json.dumps(last)
+    result.write_text("\n".join(lines) + "\n")
+    paths = write_report(exp)
+    rows = pq.read_table(paths.trials_parquet).to_pylist()
+    half = next(r for r in rows if r["trial_id"] == "aaaa0001@0.5")
+    assert (half["alpha"], half["trial"]) == (0.5, "aaaa0001")
+    assert (
+        half["param.train.lam"]
+        == next(r for r in rows if r["trial_id"] == "aaaa0001")["param.train.lam"]
+    )
+    assert half["chosen"] and half["pareto"]  # 0.99 + 0.5 * 0.78 beats every trial
+    assert paths.num_trials == 6 and "aaaa0001@0.5" in paths.table
+    best = yaml.safe_load(Path(paths.best_yaml).read_text())
+    assert best["model"]["interpolate"] == 0.5
+    assert "(model.interpolate)" in paths.choice

@@ -147,7 +147,8 @@ def plot_curves(exp: Experiment, rows: list[dict], top: int):
     from matplotlib.ticker import MaxNLocator
 
     base = next((r for r in rows if r.get("baseline")), None)
-    rows = [r for r in rows if not r.get("baseline")]
+    # the trials themselves: an interpolated candidate has no curve of its own
+    rows = [r for r in rows if not r.get("baseline") and r.get("alpha", 1.0) == 1.0]
     ranked = sorted((r for r in rows if not math.isnan(r["score"])), key=lambda r: -r["score"])[
         :top
     ]

@@ -50,7 +50,7 @@ from raymmft.results.rows import (
     sorted_rows,
     table_columns,
     trial_rows,
-    trials_only,
+    trial_runs,
 )
 from raymmft.storage import Location
 
@@ -119,7 +119,7 @@ def write_report(
         confirmation = out.join("confirmation.parquet")
         pq.write_table(rows_table(runs), confirmation.fs_path, filesystem=confirmation.filesystem)
     axes = plot_axes(objectives)
-    title = f"{exp.name}: {len(trials_only(rows))} trials, Pareto front of {objectives.describe()}"
+    title = f"{exp.name}: {len(trial_runs(rows))} trials, Pareto front of {objectives.describe()}"
     images = {
         "pareto": png(plot_pareto(rows, chosen, title, axes)),
         "curves": png(plot_curves(exp, rows, top)),
@@ -147,7 +147,7 @@ def write_report(
         confirmation_parquet=str(confirmation) if confirmation is not None else None,
         tensorboard_command=tensorboard_command(exp.location),
         table=format_trials(rows, objectives),
-        num_trials=len(trials_only(rows)),
+        num_trials=len(trial_runs(rows)),
         best_trial=best["trial_id"] if best else None,
         choice=choice_statement(rows, objectives),
         notes=notes,
@@ -248,7 +248,7 @@ def render_page(
         num=_num, delta=_delta, sign=_sign, secs=_secs, pct=_pct, ci=_ci, pp=_pp, cipp=_cipp
     )
     template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
-    trials = trials_only(rows)
+    trials = trial_runs(rows)
     timed = [
         r
         for r in trials

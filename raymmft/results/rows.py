@@ -301,6 +301,11 @@ def interpolated_rows(row: dict, last: dict, metrics: list[str]) -> list[dict]:
     return out
 
 
+def trial_runs(rows: list[dict]) -> list[dict]:
+    """The trials themselves: no baseline, no interpolated candidates."""
+    return [r for r in rows if not r.get("baseline") and r.get("alpha", 1.0) == 1.0]
+
+
 def trials_only(rows: list[dict]) -> list[dict]:
     """The rows without the zero-shot baseline."""
     return [r for r in rows if not r.get("baseline")]
