@@ -118,9 +118,8 @@ def test_confirmation_parquet_has_each_seed_with_its_own_metrics(confirmed):
     assert len({r["candidate"] for r in runs}) == 1
     assert sorted(r["seed"] for r in runs) == [0, 1, 2]
     assert [r["own_run"] for r in runs] == [True, False, False]
-    for metric in ("id_acc", "ood_auroc", "train_loss"):
-        values = [r[metric] for r in runs]
-        assert all(0 <= v <= 10 for v in values), metric
+    for metric in ("id_acc", "ood_auroc"):
+        assert all(0 <= r[metric] <= 1 for r in runs), metric
     losses = [r["train_loss"] for r in runs]
     assert len(set(losses)) == 3, "each seed trained a model of its own"
     rows = pq.read_table(exp / "report" / "trials.parquet").to_pylist()

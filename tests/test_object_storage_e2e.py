@@ -91,7 +91,10 @@ def test_search_on_s3_finishes_evaluates_and_reports(searches, s3, form):
     chosen = json.loads(exp.join("test_evaluation.json").read_text())
     assert chosen["trial_id"] in run.stdout and chosen["num_id"] == 300
     near = chosen["ood"]["near-test"]["metrics"]["neglabel"]["auroc"]
-    assert f"near-test      440  {100 * near:8.2f}" in run.stdout
+    low, high = chosen["ood"]["near-test"]["metrics_ci95"]["neglabel"]["auroc"]
+    printed = f"{100 * near:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+    cells = [ln.split()[:3] for ln in run.stdout.splitlines()]
+    assert ["near-test", "440", f"{100 * near:.2f}"] in cells and printed in run.stdout
     assert any(k.startswith(f"{prefix}tensorboard/{chosen['trial_id']}/events") for k in keys)
 
 
@@ -105,6 +108,8 @@ def test_both_endpoint_forms_give_the_same_search(searches):
 def test_evaluate_checkpoint_from_the_bucket_equals_the_search(searches, s3, tmp_path):
     _, exp = searches["query"]
     chosen = json.loads(exp.join("test_evaluation.json").read_text())
+    # the chosen candidate: a trial's checkpoint, or the zero-shot starting model itself
+    weights = [f"--checkpoint={chosen['checkpoint']}"] if chosen["checkpoint"] else []
     demo = yaml.safe_load(DEMO.read_text())
     classes = ",".join(demo["data"]["id_val"]["classes"])
     out = tmp_path / "eval.json"
@@ -113,7 +118,7 @@ def test_evaluate_checkpoint_from_the_bucket_equals_the_search(searches, s3, tmp
             "evaluate",
             "--arch=raymmft-world",
             "--pretrained=raymmft-world",
-            f"--checkpoint={chosen['checkpoint']}",
+            *weights,
             f"--id=builtin:shapes?split=val&classes={classes}&per_class=25",
             "--ood=builtin:shapes?split=test&classes=near_ood&per_class=5&name=near-test",
             "--ood=builtin:shapes?split=test&classes=far_ood&per_class=50&name=far-test",
