@@ -235,27 +235,30 @@ def _run_config(name: str, storage: Location) -> tune.RunConfig:
 
 
 def confirmation_runs(cfg: Config, exp: Location) -> list[dict]:
-    """What ``search.confirm`` trains: for each of the ``top_k`` finished trials by score, its
-    searched values with ``seeds`` further seeds (its own ``train.seed`` + 1, + 2, ...)."""
+    """What ``search.confirm`` trains: for each of the ``top_k`` finished trials by score (a
+    trial's best candidate counts, its interpolations included), its searched values with
+    ``seeds`` further seeds (its own ``train.seed`` + 1, + 2, ...)."""
     from raymmft.results.experiment import read_experiment
     from raymmft.results.rows import FINISHED, searched_params, to_float, trial_rows
 
     c = cfg.search.confirm
-    finished = [
-        r
-        for r in trial_rows(read_experiment(exp))
-        if not r["baseline"]
-        and r["stop_reason"] in FINISHED
-        and not math.isnan(to_float(r["score"]))
-    ]
-    top = sorted(finished, key=lambda r: -r["score"])[: c.top_k]
+    best: dict[str, float] = {}
+    trials: dict[str, dict] = {}
+    for r in trial_rows(read_experiment(exp)):
+        score = to_float(r.get("score"))
+        if r["baseline"] or r["stop_reason"] not in FINISHED or math.isnan(score):
+            continue
+        trial = r.get("trial", r["trial_id"])
+        best[trial] = max(best.get(trial, -math.inf), score)
+        if r.get("alpha", 1.0) == 1.0:
+            trials[trial] = r
+    top = sorted((t for t in best if t in trials), key=lambda t: -best[t])[: c.top_k]
     runs = []
-    for row in top:
-        params = searched_params(row)
+    for trial in top:
+        params = searched_params(trials[trial])
         own = int(params.get("train.seed", cfg.train.seed))
         runs += [
-            {"candidate": row["trial_id"], "params": params, "seed": own + i}
-            for i in range(1, c.seeds + 1)
+            {"candidate": trial, "params": params, "seed": own + i} for i in range(1, c.seeds + 1)
         ]
     return runs
 

@@ -38,6 +38,8 @@ RAY = VENV_BIN / "ray"
 # world-concept NegLabel corpus instead of mining WordNet.
 OVERRIDES = [
     "search.num_samples=1",
+    "search.confirm.top_k=0",  # the job and its storage are tested here, not the confirmation
+    "eval.interpolation=[]",
     "train.epochs=1",
     "train.max_steps_per_epoch=4",
     "resources.num_workers=1",

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "search_spaces" / "demo.yaml"
 SMALL = ["--set", "search.num_samples=2", "--set", "train.epochs=2"]
+# storage is tested here; confirmation (tests/test_confirmation_e2e.py) would add two runs a search
+SMALL += ["--set", "search.confirm.top_k=0"]
 
 
 def _cli(args, env, timeout=900):
