@@ -83,7 +83,9 @@ def test_search_on_s3_finishes_evaluates_and_reports(searches, s3, form):
         exp.join("report", "trials.parquet").fs_path, filesystem=exp.filesystem
     ).to_pylist()
     baseline = [r for r in rows if r["baseline"]]
-    rows = [r for r in rows if not r["baseline"]]
+    candidates = [r for r in rows if not r["baseline"]]
+    rows = [r for r in candidates if r["alpha"] == 1.0]  # the trials (the demo interpolates too)
+    assert len(candidates) == 2 * 4  # each trial and its 3 interpolations
     assert len(rows) == 2 and {r["stop_reason"] for r in rows} == {"completed"}
     assert [r["trial_id"] for r in baseline] == ["zero-shot"]  # prepared on S3 too
     for row in rows:  # each checkpoint is a location in the bucket, with the run's own form
@@ -97,7 +99,8 @@ def test_search_on_s3_finishes_evaluates_and_reports(searches, s3, form):
     printed = f"{100 * near:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
     cells = [ln.split()[:3] for ln in run.stdout.splitlines()]
     assert ["near-test", "440", f"{100 * near:.2f}"] in cells and printed in run.stdout
-    assert any(k.startswith(f"{prefix}tensorboard/{chosen['trial_id']}/events") for k in keys)
+    run_name = chosen["trial_id"].split("@")[0]  # an interpolated candidate's trial
+    assert any(k.startswith(f"{prefix}tensorboard/{run_name}/events") for k in keys)
 
 
 def test_both_endpoint_forms_give_the_same_search(searches):
@@ -112,6 +115,8 @@ def test_evaluate_checkpoint_from_the_bucket_equals_the_search(searches, s3, tmp
     chosen = json.loads(exp.join("test_evaluation.json").read_text())
     # the chosen candidate: a trial's checkpoint, or the zero-shot starting model itself
     weights = [f"--checkpoint={chosen['checkpoint']}"] if chosen["checkpoint"] else []
+    alpha = chosen["params"].get("model.interpolate")
+    weights += [f"--interpolate={alpha}"] if alpha is not None else []
     demo = yaml.safe_load(DEMO.read_text())
     classes = ",".join(demo["data"]["id_val"]["classes"])
     out = tmp_path / "eval.json"
@@ -168,7 +173,11 @@ def test_tensorboard_reads_the_events_in_the_bucket(searches, s3):
         rows = pq.read_table(
             exp.join("report", "trials.parquet").fs_path, filesystem=exp.filesystem
         ).to_pylist()
-        expected = {f"tensorboard/{r['trial_id']}": r["id_acc"] for r in rows if not r["baseline"]}
+        expected = {
+            f"tensorboard/{r['trial_id']}": r["id_acc"]
+            for r in rows
+            if not r["baseline"] and r["alpha"] == 1.0
+        }
         seen: dict = {}
         deadline = time.time() + 90
         while time.time() < deadline and set(seen) != set(expected):
