@@ -97,8 +97,7 @@ def interp_name(metric: str, alpha: float) -> str:
 
 def mode_of(metric: str) -> str:
     """``"min"`` for a metric where lower is better (FPR95, losses), else ``"max"``."""
-    leaf = metric.split("/")[-1] if "/" in metric and "ood_" not in metric else metric
-    return "min" if any(word in leaf for word in LOWER_IS_BETTER) else "max"
+    return "min" if any(word in metric for word in LOWER_IS_BETTER) else "max"
 
 
 def to_float(v: Any) -> float:

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_search(cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight)
     exp = read_experiment(cfg.storage.experiment)
-    confirmation = exp.confirmation()
+    confirmation = exp.confirmation
     pending = exp.unfinished() + (confirmation.unfinished() if confirmation else [])
     resume = f"raymmft search --resume {shlex.quote(exp.location.uri)}"
     if pending:

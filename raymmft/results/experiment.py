@@ -23,6 +23,7 @@ a state file being written falls back to inference. The report, the search's sum
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -85,9 +86,11 @@ class Experiment:
         found = read_json(self.location.join(PREPARED_DIR, ZERO_SHOT_FILE))
         return found or None
 
+    @functools.cached_property
     def confirmation(self) -> Experiment | None:
         """The confirmation runs (``confirm/``, a Tune experiment of seeds of the top trials);
-        ``None`` when the search had none."""
+        ``None`` when the search had none. Read once per ``Experiment``: the rows, the report
+        and the search's summary all ask."""
         location = self.location.join(CONFIRM_DIR)
         return read_experiment(location) if location.is_dir() else None
 

@@ -168,7 +168,7 @@ def confirmation_rows(exp: Experiment, rows: list[dict]) -> list[dict]:
     confirmed trial's own run (its seed, its last report) and every confirmation run's last
     report; ``candidate``, ``seed``, ``own_run``, ``status`` and the reported metrics. Empty when
     the search had no confirmation."""
-    confirm = exp.confirmation()
+    confirm = exp.confirmation
     if confirm is None:
         return []
     runs = []
