@@ -363,7 +363,12 @@ class DataConfig(BaseModel):
     id_val: DatasetSpec
     ood_val: list[DatasetSpec] = Field(default_factory=list)
     ood_test: list[DatasetSpec] = Field(default_factory=list)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes per training worker; default: one fewer than the "
+        "CPUs the worker may use (its CPU affinity and resources.cpus_per_worker), at most 8",
+    )
 
     @model_validator(mode="after")
     def _check_separation(self) -> DataConfig:
