@@ -8,13 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from raymmft.commands import convert_parquet
 from raymmft.data import open_dataset
 from raymmft.data import shapes as world
-from raymmft.data.parquet import decode_batch, imagefolder_to_parquet, read_parquet_classnames
+from raymmft.data.parquet import imagefolder_to_parquet, read_parquet_classnames
 from raymmft.errors import DataError
 
 FOLDERS = {"blue_square": "blue square", "red_circle": "red circle", "yellow_star": "yellow star"}
@@ -248,7 +247,8 @@ def test_parquet_column_and_class_name_errors(tmp_path):
     with pytest.raises(
         DataError,
         match=exactly(
-            f"parquet {tmp_path / 'nolabel'}: label column 'label' missing (columns: image, path)"
+            f"parquet {tmp_path / 'nolabel' / 'part-00000.parquet'}: label column 'label' missing "
+            "(columns: image, path)"
         ),
     ):
         open_dataset(f"parquet:{tmp_path / 'nolabel'}", None)
@@ -256,7 +256,8 @@ def test_parquet_column_and_class_name_errors(tmp_path):
     with pytest.raises(
         DataError,
         match=exactly(
-            f"parquet {tmp_path / 'strlabel'}: label column 'label' has type string; "
+            f"parquet {tmp_path / 'strlabel' / 'part-00000.parquet'}: label column 'label' has "
+            "type string; "
             f"expected integers"
         ),
     ):
@@ -304,33 +305,6 @@ def test_parquet_custom_columns_and_corrupt_rows(tmp_path):
         open_dataset(f"parquet:{tmp_path / 'x'}", None)
 
 
-def test_decode_batch_matches_the_dataset(folder, tmp_path):
-    import open_clip
-
-    root, _ = folder
-    imagefolder_to_parquet(root, str(tmp_path / "s"), rows_per_shard=100)
-    transform = open_clip.image_transform(32, is_train=False)
-    table = pq.read_table(tmp_path / "s", columns=["image", "label"])
-    # The shape of a Ray Data numpy batch: column name -> numpy array (bytes as objects).
-    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    images, labels = decode_batch(batch, transform)
-    dataset = open_dataset(f"parquet:{tmp_path / 's'}", transform)
-    assert images.shape == (len(dataset), 3, 32, 32) and labels.dtype == torch.int64
-    assert labels.tolist() == dataset.labels.tolist()
-    for k in (0, 5, len(dataset) - 1):
-        assert np.array_equal(images[k].numpy(), dataset[k][0].numpy())
-    with pytest.raises(
-        DataError,
-        match=exactly("parquet batch: label column 'target' missing (columns: image, label)"),
-    ):
-        decode_batch(batch, transform, label_column="target")
-    batch["image"][2] = b"junk"
-    with pytest.raises(
-        DataError, match=exactly("cannot read image in batch row 2: not a recognised image format")
-    ):
-        decode_batch(batch, transform)
-
-
 def test_convert_parquet_command(folder, tmp_path, capsys):
     root, pixels = folder
     parser = argparse.ArgumentParser()
@@ -341,29 +315,3 @@ def test_convert_parquet_command(folder, tmp_path, capsys):
         f"wrote {len(pixels)} images of 3 classes in 2 shards to {tmp_path / 'cli'}\n"
     )
     assert len(open_dataset(f"parquet:{tmp_path / 'cli'}", None)) == len(pixels)
-
-
-@pytest.mark.ray
-def test_ray_data_reads_the_shards(folder, tmp_path):
-    import open_clip
-    import ray
-
-    from raymmft.data.parquet import read_parquet_ray
-
-    root, _ = folder
-    imagefolder_to_parquet(root, str(tmp_path / "s"), rows_per_shard=5)
-    transform = open_clip.image_transform(32, is_train=False)
-    dataset = open_dataset(f"parquet:{tmp_path / 's'}", transform)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        stream = read_parquet_ray(f"parquet:{tmp_path / 's'}")
-        labels, images = [], []
-        for batch in stream.iter_batches(batch_size=4, batch_format="numpy"):
-            batch_images, batch_labels = decode_batch(batch, transform)
-            images += list(batch_images)
-            labels += batch_labels.tolist()
-    finally:
-        ray.shutdown()
-    assert sorted(labels) == sorted(dataset.labels.tolist())
-    expected = sorted(dataset[k][0].sum().item() for k in range(len(dataset)))
-    assert sorted(image.sum().item() for image in images) == pytest.approx(expected)

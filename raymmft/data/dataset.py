@@ -1,9 +1,9 @@
 """The one dataset type every source produces: PIL RGB images through a transform, with int labels.
 
 Three storage forms, one interface: decoded pixels in memory (builtins), image files (ImageFolder),
-encoded image bytes in memory (Parquet). ``labels[i]`` indexes ``classnames``; ``sample_ids[i]``
-names sample ``i`` in its source (file path, Parquet row, generated image), for messages and for
-checking that splits are disjoint.
+Parquet row groups read on access (``raymmft.data.parquet.ParquetImageDataset``). ``labels[i]``
+indexes ``classnames``; ``sample_ids[i]`` names sample ``i`` in its source (file path, Parquet row,
+generated image), for messages and for checking that splits are disjoint.
 """
 
 from __future__ import annotations
@@ -42,15 +42,36 @@ def image_problem(data: bytes | str | Path | None, *, full_decode: bool) -> str 
     return None
 
 
-def decode_image(data: bytes | str | Path | None, where: str) -> Image.Image:
-    """Decode encoded bytes or a file path to an RGB image, or raise DataError naming ``where``."""
-    if data is None:
-        raise DataError(f"cannot read image {where}: no image bytes (null)")
+def decode_image(data: bytes | str | Path | None, where: str | Callable[[], str]) -> Image.Image:
+    """Decode encoded bytes or a file path to an RGB image, or raise DataError naming ``where``
+    (a callable is called only then: a name that costs a read)."""
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
-            return image.convert("RGB")
+        if data is None:
+            why = "no image bytes (null)"
+        else:
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+                return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {where}: {unreadable_reason(exc)}") from None
+        why = unreadable_reason(exc)
+    raise DataError(f"cannot read image {where() if callable(where) else where}: {why}")
+
+
+class IdsByIndex(Sequence):
+    """Sample ids formed when asked for, ``name(index)``: no string per sample in memory."""
+
+    def __init__(self, length: int, name: Callable[[int], str]):
+        self.length, self.name = length, name
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.name(k) for k in range(*index.indices(self.length))]
+        index = int(index) + (self.length if index < 0 else 0)
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return self.name(index)
 
 
 # the label of an image that could not be decoded (``skip_corrupt``): consumers drop or replace it
@@ -77,7 +98,8 @@ class LabeledImageDataset(torch.utils.data.Dataset):
     ):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classnames = list(classnames)
-        self.sample_ids = list(sample_ids)
+        lazy = isinstance(sample_ids, IdsByIndex)
+        self.sample_ids = sample_ids if lazy else list(sample_ids)
         self.transform = transform
         self.skipped = list(skipped)  # left out when opened with a check (skip_corrupt)
         self.skip_corrupt = skip_corrupt
@@ -126,29 +148,6 @@ class FileImageDataset(LabeledImageDataset):
 
     def load_image(self, index: int) -> Image.Image:
         return decode_image(self.sample_ids[index], self.sample_ids[index])
-
-
-class EncodedImageDataset(LabeledImageDataset):
-    """Images held as encoded bytes (PNG/JPEG) in memory, decoded on access (Parquet)."""
-
-    def __init__(
-        self,
-        encoded,
-        labels,
-        classnames,
-        sample_ids,
-        transform=None,
-        *,
-        skipped=(),
-        skip_corrupt=False,
-    ):
-        super().__init__(
-            labels, classnames, sample_ids, transform, skipped=skipped, skip_corrupt=skip_corrupt
-        )
-        self.encoded = list(encoded)
-
-    def load_image(self, index: int) -> Image.Image:
-        return decode_image(self.encoded[index], self.sample_ids[index])
 
 
 def fill_unreadable(

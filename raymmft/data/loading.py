@@ -1,18 +1,21 @@
 """From a spec to batches: ``open_dataset`` (any kind) and ``build_loader`` (one worker's shard).
 
 The Ray layer passes each Train worker's ``rank``/``world_size`` to ``build_loader``; nothing here
-imports Ray. Every loader samples through a ``DistributedSampler`` (also for one worker), so the
-epoch order is a function of ``(seed, epoch)`` only and ``loader.sampler.set_epoch(epoch)`` reshuffles
-the same way whatever the worker count.
+imports Ray. Every loader samples through a distributed sampler (also for one worker), so the epoch
+order is a function of ``(seed, epoch)`` only and ``loader.sampler.set_epoch(epoch)`` reshuffles the
+same way whatever the worker count: a ``RowGroupSampler`` for datasets read by row group (Parquet),
+torch's ``DistributedSampler`` for the others (random access costs them nothing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from raymmft.data import digits, shapes
 from raymmft.data.dataset import ArrayImageDataset, LabeledImageDataset
@@ -55,13 +58,16 @@ def open_dataset(
     *,
     id_classnames: Sequence[str] | None = None,
     check: bool = False,
+    check_all: bool = False,
 ) -> LabeledImageDataset:
     """Open one dataset: ``dataset[i] == (transform(pil_rgb_image), label)``.
 
     ``id_classnames`` (the ID training set's class names) defines ``classes: near_ood``: the
     source's classes that are not ID classes. Labels always index ``dataset.classnames``; for OoD
-    sets they are the set's own class indices, which OoD scoring ignores. ``check`` reads every
-    file-backed image once now (the driver's preflight); otherwise images are read when used.
+    sets they are the set's own class indices, which OoD scoring ignores. ``check`` (the driver's
+    preflight) reads file-backed images now: every ImageFolder file's header, a sample of Parquet
+    row groups (every one with ``check_all`` or ``skip_corrupt``); otherwise images are read when
+    used.
     """
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.model_validate(spec)
@@ -75,7 +81,9 @@ def open_dataset(
         return open_image_folder(spec, transform, id_classnames=id_classnames, check=check)
     from raymmft.data.parquet import open_parquet
 
-    return open_parquet(spec, transform, id_classnames=id_classnames, check=check)
+    return open_parquet(
+        spec, transform, id_classnames=id_classnames, check=check, check_all=check_all
+    )
 
 
 def require_id_classes(dataset: LabeledImageDataset, where: str) -> None:
@@ -113,13 +121,90 @@ def per_worker_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
+MAX_AUTO_LOADER_WORKERS = 8
+
+
+def loader_workers(num_workers: int | None, cpus: float | None = None) -> int:
+    """DataLoader worker processes: ``num_workers`` when set; when ``None``, one fewer than the CPUs
+    this process may use (its CPU affinity, and at most ``cpus``, the CPUs Ray reserved for this
+    worker), at most ``MAX_AUTO_LOADER_WORKERS``; 0 (load in this process) on one CPU."""
+    if num_workers is not None:
+        return num_workers
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus is not None:
+        available = min(available, max(1, math.floor(cpus)))
+    return max(0, min(available - 1, MAX_AUTO_LOADER_WORKERS))
+
+
+class RowGroupSampler(Sampler[int]):
+    """Worker ``rank``'s share of an epoch of a dataset read by row group, in an order that reads
+    each row group about once.
+
+    Epoch ``e`` with ``shuffle``: the row groups in a permutation drawn from ``(seed, e)``, the
+    samples of each group in a permutation of their own, one after the other; without
+    ``shuffle``, dataset order. Rank ``r`` takes the ``r``-th of ``world_size`` contiguous equal
+    slices of that order (whole groups but at its two ends), so the ranks are disjoint and each
+    reads about ``1 / world_size`` of the groups. Uneven lengths are padded with the order's first
+    samples or, with ``drop_last``, cut, as in torch's ``DistributedSampler``. The order depends
+    on ``(seed, epoch)``, the dataset and ``world_size`` only (not on DataLoader workers).
+
+    A DataLoader worker loads whole batches, in turn with the others: a group of ``G`` rows is
+    read by up to ``min(num_workers, G / batch_size + 1)`` of them, so small row groups (the
+    converter writes 100 rows) keep reads near one per group.
+    """
+
+    def __init__(
+        self,
+        groups: np.ndarray,
+        *,
+        num_replicas: int,
+        rank: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
+    ):
+        self.groups = np.asarray(groups, dtype=np.int32)
+        self.num_replicas, self.rank, self.shuffle, self.seed = num_replicas, rank, shuffle, seed
+        self.drop_last, self.epoch = drop_last, 0
+        n = len(self.groups)
+        self.num_samples = n // num_replicas if drop_last else math.ceil(n / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_order(self) -> np.ndarray:
+        """Every rank's samples, rank after rank (``total_size`` indices)."""
+        n = len(self.groups)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed % 2**63, self.epoch])
+            present, position = np.unique(self.groups, return_inverse=True)
+            group_place = rng.permutation(len(present))[position]
+            order = np.lexsort((rng.random(n), group_place))
+        else:
+            order = np.arange(n)
+        if self.total_size > n:  # pad from the start, as often as needed
+            order = np.resize(order, self.total_size)
+        return order[: self.total_size]
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.rank * self.num_samples
+        return iter(self.epoch_order()[start : start + self.num_samples].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 def build_loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int,
     *,
     shuffle: bool,
     seed: int,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
+    cpus: float | None = None,
+    device: torch.device | str | None = None,
+    persistent_workers: bool | None = None,
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = False,
@@ -128,20 +213,40 @@ def build_loader(
 
     Shards are disjoint and cover the epoch; when ``len(dataset)`` is not a multiple of
     ``world_size``, the sampler repeats a few samples to even them out (``drop_last=True`` drops the
-    tail instead). Call ``loader.sampler.set_epoch(epoch)`` before each epoch to reshuffle.
+    tail instead). Call ``loader.sampler.set_epoch(epoch)`` before each epoch to reshuffle. A
+    dataset with ``row_groups()`` (Parquet) is ordered by ``RowGroupSampler``, others by torch's
+    ``DistributedSampler``.
+
+    ``num_workers=None`` loads in as many processes as ``cpus`` allow (``loader_workers``); batches
+    go to pinned memory when ``device`` is CUDA (so copies with ``non_blocking`` overlap); the
+    worker processes persist across epochs (``persistent_workers``, by default for a shuffled,
+    i.e. training, loader).
     """
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is outside 0..{world_size - 1} (world size {world_size})")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    sampler = DistributedSampler(
-        dataset,
-        num_replicas=world_size,
-        rank=rank,
-        shuffle=shuffle,
-        seed=seed,
-        drop_last=drop_last,
-    )
+    if hasattr(dataset, "row_groups"):
+        sampler = RowGroupSampler(
+            dataset.row_groups(),
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+    else:
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+    workers = loader_workers(num_workers, cpus)
+    if persistent_workers is None:
+        persistent_workers = shuffle
     # Seeds random augmentations in the DataLoader's worker processes, per rank.
     generator = torch.Generator().manual_seed(
         int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
@@ -150,7 +255,9 @@ def build_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=workers,
         drop_last=drop_last,
         generator=generator,
+        pin_memory=device is not None and torch.device(device).type == "cuda",
+        persistent_workers=persistent_workers and workers > 0,
     )
