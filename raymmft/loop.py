@@ -49,11 +49,15 @@ class WorkerContext:
 
 @dataclass
 class RunInputs:
-    """What a run reads besides its config: a state to resume from, the negatives a search's
-    preparation step mined, where TensorBoard events go (rank 0), the NegLabel cache, and the wall
-    clock time (``time.time()``) at which the trial started."""
+    """What a run reads besides its config: a state to resume from (and where it was stored), the
+    last epoch the search has recorded (``reported_epoch``: the reports the state holds after it
+    are reported again; ``None``: nothing is replayed), the negatives a search's preparation
+    step mined, where TensorBoard events go (rank 0), the NegLabel cache, and the wall clock time
+    (``time.time()``) at which the trial started."""
 
     resume_state: dict | None = None
+    resumed_from: str | None = None
+    reported_epoch: int | None = None
     negatives: object = None
     tensorboard: Location | None = None
     cache: Location | None = None
@@ -143,10 +147,21 @@ def run_training(
     inputs: RunInputs | None = None,
     hooks: Hooks | None = None,
 ) -> None:
-    """Fine-tune with the CMA loss; after every evaluation period, evaluate and report."""
+    """Fine-tune with the CMA loss; after every evaluation period, evaluate and report.
+
+    Every checkpoint holds the reports made so far (``reports``). A run resumed from one first
+    reports again those the search has not recorded (after ``inputs.reported_epoch``): a search
+    interrupted between the checkpoint's upload and the search's record of it, or whose
+    checkpoint is already the last epoch's, loses no epoch and repeats none."""
     worker, inputs, hooks = worker or WorkerContext(), inputs or RunInputs(), hooks or Hooks()
     start = inputs.started_at or time.time()
     run = _setup(cfg, worker, inputs)
+    history = list((inputs.resume_state or {}).get("reports", []))
+    if inputs.reported_epoch is not None:
+        where = {"checkpoint_path": inputs.resumed_from} if inputs.resumed_from else {}
+        for past in history:
+            if past["epoch"] > inputs.reported_epoch:
+                worker.report({**past, **where}, None)
     carried = {"time/startup_s": time.time() - start, "time/checkpoint_s": 0.0}
     metrics: dict = {}
     while run.finetuner.epoch < cfg.train.epochs:
@@ -167,13 +182,28 @@ def run_training(
             run.writer.log_train(run.finetuner.step, metrics)
             run.writer.log_eval(run.finetuner.step, metrics, evaluation)
         began = time.perf_counter()
-        worker.report(
-            metrics, run.finetuner.state_dict(cfg.model.arch) if worker.rank == 0 else None
-        )
+        history.append(_plain(metrics))
+        state = None
+        if worker.rank == 0:
+            state = {**run.finetuner.state_dict(cfg.model.arch), "reports": history}
+        worker.report(metrics, state)
         carried = {"time/checkpoint_s": time.perf_counter() - began}
         run.train_seconds = 0.0
     if run.writer is not None:
         run.writer.close(metrics)
+
+
+def _plain(metrics: dict) -> dict:
+    """``metrics`` with Python numbers only (a checkpoint loads with ``weights_only=True``)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool | int | float | str):
+            out[key] = value
+        elif hasattr(value, "item"):  # numpy or torch scalars
+            out[key] = value.item()
+        else:
+            out[key] = float(value)
+    return out
 
 
 @dataclass
@@ -254,11 +284,15 @@ def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
     if worker.rank == 0 and inputs.tensorboard is not None:
         from raymmft.tensorboard_log import TrialWriter, hparams_of
 
+        resumed = inputs.resume_state
         writer = TrialWriter(
             inputs.tensorboard,
             hparams_of(cfg.model_dump(mode="json"), list(cfg.search.space)),
             ood_sets=set_names(cfg.data.ood_val),
             objectives=cfg.search.goals,
+            # events after the resumed step (an epoch logged, then interrupted before its
+            # checkpoint) are hidden: the run logs that epoch again
+            purge_step=int(resumed["step"]) + 1 if resumed is not None else None,
         )
     finetuner = FineTuner(
         worker.wrap_model(TrainingForward(bundle.model)),

@@ -228,6 +228,8 @@ def _run_config(name: str, storage: Location) -> tune.RunConfig:
         name=name,
         storage_path=storage.uri,
         verbose=1,
+        # a trial's Tune checkpoint is its progress (raymmft.trial.TrialProgress): the latest
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # Tune's own TensorBoard logger would write a second HParams entry per trial that
         # TensorBoard may pick over the trial's own (tensorboard/<trial_id>); keep JSON/CSV.
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],

@@ -140,6 +140,7 @@ class TrialWriter:
         ood_sets: Sequence[str] = (),
         objectives: Objectives | None = None,
         staging_dir: str | None = None,
+        purge_step: int | None = None,
     ):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -150,7 +151,7 @@ class TrialWriter:
         self._lam = float(lam) if _is_number(lam) else None
         self._own_staging = staging_dir is None
         self.staging_dir = staging_dir or tempfile.mkdtemp(prefix="raymmft-tb-")
-        self._writer = SummaryWriter(log_dir=self.staging_dir, flush_secs=30)
+        self._writer = SummaryWriter(log_dir=self.staging_dir, flush_secs=30, purge_step=purge_step)
         self._eval_steps: set[int] = set()
         self._last_step = 0
         self._closed = False

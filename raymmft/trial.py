@@ -1,14 +1,23 @@
 """One trial: a Ray Train ``TorchTrainer`` over the worker loop, and the Tune trainable that fits it.
 
 Ray 2.60 runs Train V2, where a ``TorchTrainer`` cannot be handed to ``Tuner``: each trial is a
-Tune *function trainable* (``trial_driver``) that builds and fits a ``TorchTrainer`` whose
-``TuneReportCallback`` forwards rank 0's metrics to Tune. What a trial's workers receive is one
-typed object, ``TrialInputs``: the trial's whole validated config and where its files go.
+Tune *function trainable* (``trial_driver``) that fits a ``TorchTrainer`` in a thread; the
+trainer's ``ForwardReports`` callback hands rank 0's reports to the driver, which reports each to
+Tune with a small Tune checkpoint (``TrialProgress``: the epoch and the Train checkpoint). Tune
+restores a trial's logs (``result.json``, ``progress.csv``) on ``--resume`` only for a trial with
+a Tune checkpoint, so this is what keeps a resumed trial's history; the epochs the Train
+checkpoint holds past Tune's record are reported again by the workers (``raymmft.loop``). What
+a trial's workers receive is one typed object, ``TrialInputs``: the trial's whole validated config
+and where its files go.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 from ray import tune
@@ -21,7 +30,8 @@ from ray.train import (
     TrainingFailedError,
 )
 from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.train.v2.api.callback import UserCallback
+from ray.util.queue import Empty, Queue
 
 from raymmft.config import Config, apply_trial_params
 from raymmft.results.experiment import TENSORBOARD_DIR, TRAIN_RUNS_DIR
@@ -47,6 +57,7 @@ class TrialInputs(BaseModel):
     tensorboard_dir: str | None = None
     negatives: str | None = None
     started_at: float | None = None
+    reported_epoch: int | None = None
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -79,14 +90,17 @@ def make_trainer(
     tensorboard_dir: Location | None = None,
     negatives: str | None = None,
     callbacks=(),
+    reported_epoch: int | None = None,
 ) -> TorchTrainer:
-    """A ``TorchTrainer`` whose run lives at ``storage/name``."""
+    """A ``TorchTrainer`` whose run lives at ``storage/name``; ``reported_epoch``: the last epoch
+    the search recorded (a resumed run reports the later ones its checkpoint holds again)."""
     inputs = TrialInputs(
         config=cfg,
         cache_dir=cache.uri if cache is not None else None,
         tensorboard_dir=tensorboard_dir.uri if tensorboard_dir is not None else None,
         negatives=negatives,
         started_at=time.time(),
+        reported_epoch=reported_epoch,
     )
     return TorchTrainer(
         train_fn_per_worker,
@@ -124,20 +138,91 @@ def confirm_driver(config: dict, *, base: Config, negatives: str | None) -> None
 
 
 def _fit_trial(cfg: Config, trial_id: str, run_name: str, negatives: str | None) -> None:
+    """Fit the trial's TorchTrainer (with restarts) in a thread and report what it forwards to
+    Tune from this one, each report with the trial's progress as a Tune checkpoint."""
     exp = cfg.storage.experiment
-    fit_with_restarts(
-        lambda: make_trainer(
-            cfg,
-            storage=exp.join(TRAIN_RUNS_DIR),
-            name=trial_id,
-            cache=cache_location(cfg),
-            tensorboard_dir=exp.join(TENSORBOARD_DIR, run_name),
-            negatives=negatives,
-            callbacks=[TuneReportCallback()],
-        ),
-        cfg.resources.max_failures,
-        what=f"trial {trial_id}",
-    )
+    progress = TrialProgress.restore(tune.get_checkpoint())
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            fit_with_restarts(
+                lambda: make_trainer(
+                    cfg,
+                    storage=exp.join(TRAIN_RUNS_DIR),
+                    name=trial_id,
+                    cache=cache_location(cfg),
+                    tensorboard_dir=exp.join(TENSORBOARD_DIR, run_name),
+                    negatives=negatives,
+                    callbacks=[ForwardReports(reports)],
+                    reported_epoch=progress.epoch,
+                ),
+                cfg.resources.max_failures,
+                what=f"trial {trial_id}",
+            )
+        except BaseException as exc:  # raised again in the trial's own thread
+            outcome["error"] = exc
+
+    fitting = threading.Thread(target=fit, name=f"fit-{trial_id}", daemon=True)
+    fitting.start()
+    while True:
+        try:
+            metrics, checkpoint = reports.get(timeout=0.5)
+        except Empty:
+            if fitting.is_alive():
+                continue
+            if reports.empty():  # nothing was put after the fit ended
+                break
+            continue
+        progress.report(metrics, checkpoint)
+    fitting.join()
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+class ForwardReports(UserCallback):
+    """Ray Train callback (it runs in the Train controller): rank 0's metrics of every report and
+    the path of its checkpoint, put on a queue the trial driver reads. The queue holds one item,
+    so training waits while Tune records the previous report."""
+
+    def __init__(self, reports: Queue):
+        self.reports = reports
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.reports.put((dict(metrics[0]), checkpoint.path if checkpoint else None))
+
+
+class TrialProgress:
+    """What Tune records of a trial besides its results: the last epoch reported and the Train
+    checkpoint of the trial, as a small Tune checkpoint (``progress.json``). A report of an epoch
+    already recorded (the same epoch reported again by a resumed or restarted run) is dropped."""
+
+    FILE = "progress.json"
+
+    def __init__(self, epoch: int = 0, checkpoint_path: str | None = None):
+        self.epoch, self.checkpoint_path = epoch, checkpoint_path
+
+    @classmethod
+    def restore(cls, checkpoint) -> TrialProgress:
+        if checkpoint is None:
+            return cls()
+        with checkpoint.as_directory() as d:
+            saved = json.loads((Path(d) / cls.FILE).read_text())
+        return cls(int(saved["epoch"]), saved.get("checkpoint_path"))
+
+    def report(self, metrics: dict, checkpoint: str | None) -> None:
+        epoch = int(metrics.get("epoch", self.epoch + 1))
+        if epoch <= self.epoch:
+            return
+        self.epoch = epoch
+        self.checkpoint_path = checkpoint or metrics.get("checkpoint_path") or self.checkpoint_path
+        if self.checkpoint_path:
+            metrics = {**metrics, "checkpoint_path": self.checkpoint_path}
+        with tempfile.TemporaryDirectory(prefix="raymmft-progress-") as d:
+            saved = {"epoch": self.epoch, "checkpoint_path": self.checkpoint_path}
+            (Path(d) / self.FILE).write_text(json.dumps(saved))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def fit_with_restarts(build, max_failures: int, *, what: str):
