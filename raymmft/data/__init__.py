@@ -14,6 +14,7 @@ from raymmft.data.spec import DataConfig, DatasetSpec
 _LAZY = {
     "open_dataset": "raymmft.data.loading",
     "build_loader": "raymmft.data.loading",
+    "loader_workers": "raymmft.data.loading",
     "per_worker_batch": "raymmft.data.loading",
     "require_id_classes": "raymmft.data.loading",
     "require_same_classes": "raymmft.data.loading",
