@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        cluster = sys.modules.get("raymmft.cluster")
+        if cluster is not None and cluster.TERMINATED.is_set():
+            _stop_ray()
+            print("error: stopped by SIGTERM before the search started", file=sys.stderr)
+            return 1
         print("interrupted", file=sys.stderr)
         return 130
 

@@ -16,7 +16,9 @@ the checks are tested without a cluster.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -211,6 +213,25 @@ def init_ray(address: str | None) -> None:
         # A fresh local instance, never a `ray start` cluster that happens to run on this machine.
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
         ray.init(address="local")
+    stop_on_sigterm()
+
+
+# Set when the driver got SIGTERM (a scheduler's stop, `kill`): the search stops as on Ctrl-C.
+TERMINATED = threading.Event()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the driver the way Ctrl-C does (Tune saves its state and the trials stop;
+    ``--resume`` continues), instead of ``ray.init``'s handler, which exits at once mid-search.
+    Only the main thread can set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate(signum, frame):
+        TERMINATED.set()
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 REACH_TIMEOUT_S = 5.0

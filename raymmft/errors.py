@@ -28,6 +28,12 @@ class StorageError(RaymmftError):
     """A results location (local path, ``s3://``, ``gs://``, ``file://``) cannot be used."""
 
 
+class ExperimentInUseError(RaymmftError):
+    """Another driver holds the experiment's lease (``raymmft.lease``): exit status 1."""
+
+    exit_code = 1
+
+
 class RunFailedError(RaymmftError):
     """A run started and failed (e.g. its loss became NaN): not bad input, so exit status 1."""
 

@@ -23,6 +23,7 @@ from raymmft.cluster import init_ray, joins_cluster, local_resources
 from raymmft.config import Config, apply_trial_params
 from raymmft.config_file import EXPERIMENT_CONFIG_FILE as CONFIG_FILE
 from raymmft.errors import ConfigError, RunFailedError, first_line
+from raymmft.lease import ExperimentLease
 from raymmft.results.experiment import TENSORBOARD_DIR
 from raymmft.search_space import tune_param_space
 from raymmft.searcher import make_searcher, open_study_storage
@@ -143,14 +144,22 @@ def check_experiment_dir(cfg: Config, *, resume: bool) -> Location:
     return exp
 
 
+def hold_experiment(cfg: Config, *, resume: bool, command: str) -> ExperimentLease:
+    """The experiment directory, checked (a new one does not exist, a resumed one does) and
+    held by this driver (``raymmft.lease``) until the command ends: use it as a context manager
+    around everything the command writes. A start that fails or is interrupted before its
+    search holds results (``lease.started``) removes the directory it created."""
+    return ExperimentLease(check_experiment_dir(cfg, resume=resume), command=command)
+
+
 def start_run(
     cfg: Config, *, address: str | None, resume: bool, preflight: bool
 ) -> tuple[Location, int]:
     """Every check that can fail before a trial starts, then Ray: (experiment directory, trials
-    that fit at once)."""
+    that fit at once). The caller holds the experiment (``hold_experiment``)."""
     from raymmft.cluster import check_storage, cluster_summary
 
-    exp = check_experiment_dir(cfg, resume=resume)
+    exp = cfg.storage.experiment
     if preflight:
         from raymmft.preflight import preflight as check_inputs
 
@@ -168,15 +177,22 @@ def start_run(
         check_storage(storage, num_nodes=cluster.reachable_nodes, shared=cfg.storage.shared)
     reachable = cluster.reachable_resources(ray.cluster_resources())
     fits = min(concurrent_trials(variant, reachable) for variant in variants)
-    if not resume:
+    if not exp.join(CONFIG_FILE).is_file():  # a resumed start that never got this far has one
         exp.join(CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     return exp, fits
 
 
 def run_search(
-    cfg: Config, *, address: str | None = None, resume: bool = False, preflight: bool = True
+    cfg: Config,
+    lease: ExperimentLease,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    preflight: bool = True,
 ):
-    """Run (or resume) the search; return Ray's ``ResultGrid``."""
+    """Run (or resume) the search in the experiment ``lease`` holds; return Ray's
+    ``ResultGrid``. ``--resume`` of a start that was interrupted before Tune wrote its state
+    (during the preparation step) starts the search."""
     if cfg.search.optuna_storage:  # an RDB URL that cannot be opened fails before Ray starts
         open_study_storage(cfg.search.optuna_storage)
     exp, max_concurrent = start_run(cfg, address=address, resume=resume, preflight=preflight)
@@ -185,7 +201,8 @@ def run_search(
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     negatives = run_preparation(cfg, exp)
     trainable = _trainable(trial_driver, cfg, negatives)
-    if resume:
+    lease.started = True
+    if resume and tune.Tuner.can_restore(exp.uri):
         try:
             tuner = tune.Tuner.restore(
                 exp.uri, trainable=trainable, resume_unfinished=True, restart_errored=False
@@ -299,10 +316,14 @@ def run_confirmation(cfg: Config, exp: Location, negatives: str | None, max_conc
 # ---------------------------------------------------------------- one run, no search
 
 
-def run_train(cfg: Config, *, address: str | None = None, preflight: bool = True):
-    """One fine-tuning run at the config's fixed values; returns Ray Train's ``Result``."""
+def run_train(
+    cfg: Config, lease: ExperimentLease, *, address: str | None = None, preflight: bool = True
+):
+    """One fine-tuning run at the config's fixed values, in the experiment ``lease`` holds;
+    returns Ray Train's ``Result``."""
     exp, _ = start_run(cfg, address=address, resume=False, preflight=preflight)
     negatives = run_preparation(cfg, exp)
+    lease.started = True
     try:
         return fit_with_restarts(
             lambda: make_trainer(

@@ -49,9 +49,11 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
             raise ConfigError(
                 "--resume takes the experiment's saved config: drop CONFIG, --set, --name and --storage"
             )
-        from raymmft.results.experiment import check_resumable
+        if search_began(args.resume):
+            from raymmft.results.experiment import check_resumable
 
-        check_resumable(args.resume)
+            check_resumable(args.resume)
+        # else a start interrupted before Tune wrote its state: --resume starts the search
         return load_experiment_config(args.resume)
     if not args.config:
         raise ConfigError("give a CONFIG file, or --resume EXPERIMENT")
@@ -69,24 +71,66 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
     return cfg
 
 
+def search_began(experiment: str) -> bool:
+    """Whether Tune wrote its state into ``experiment`` (a start interrupted during its
+    preparation step did not)."""
+    from raymmft.errors import ConfigError, StorageError
+    from raymmft.results.experiment import newest_state
+    from raymmft.storage import Location
+
+    try:
+        return newest_state(Location.parse(experiment).children()) is not None
+    except (StorageError, ValueError) as exc:
+        raise ConfigError(f"cannot resume {experiment}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_for_run(args)
+    from raymmft.search import hold_experiment
+
+    with hold_experiment(cfg, resume=bool(args.resume), command=command_line()) as lease:
+        return _search(args, cfg, lease)
+
+
+def command_line() -> str:
+    """This process's command, for the experiment's lease (who holds it)."""
+    import sys
+
+    return " ".join(shlex.quote(a) for a in ["raymmft", *sys.argv[1:]])
+
+
+def _search(args: argparse.Namespace, cfg, lease) -> int:
+    from raymmft.cluster import TERMINATED
     from raymmft.errors import RunFailedError
     from raymmft.results.experiment import read_experiment
-    from raymmft.results.report import write_report
     from raymmft.search import run_search
 
-    run_search(cfg, address=args.address, resume=bool(args.resume), preflight=args.preflight)
+    run_search(cfg, lease, address=args.address, resume=bool(args.resume), preflight=args.preflight)
     exp = read_experiment(cfg.storage.experiment)
     confirmation = exp.confirmation
     pending = exp.unfinished() + (confirmation.unfinished() if confirmation else [])
     resume = f"raymmft search --resume {shlex.quote(exp.location.uri)}"
     if pending:
-        print(
-            f"search interrupted with {len(pending)} unfinished trial(s); nothing is lost. "
-            f"Resume with: {resume}"
-        )
+        stopped = f"with {len(pending)} unfinished trial(s); nothing is lost. Resume with: {resume}"
+        if TERMINATED.is_set():
+            raise RunFailedError(f"the search was stopped by SIGTERM {stopped}")
+        print(f"search interrupted {stopped}")
         return 130
+    try:
+        return _summarise(cfg, exp)
+    except KeyboardInterrupt:
+        stopped = f"after its trials ended; nothing is lost. Resume with: {resume}"
+        if TERMINATED.is_set():
+            raise RunFailedError(f"the search was stopped by SIGTERM {stopped}") from None
+        print(f"search interrupted {stopped}")
+        return 130
+
+
+def _summarise(cfg, exp) -> int:
+    """The end of a search whose trials all ended: failures, the summary, the report."""
+    from raymmft.errors import RunFailedError
+    from raymmft.results.report import write_report
+
     failed = [t for t in exp.trials if t.status == "ERROR"]
     for t in failed:
         print(f"trial {t.trial_id} failed: {t.error or 'see its error.txt'}")

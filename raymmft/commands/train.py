@@ -12,13 +12,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymmft.commands.search import load_for_run
+    from raymmft.commands.search import command_line, load_for_run
 
     cfg = load_for_run(args, search=False)
-    from raymmft.search import run_train
+    from raymmft.search import hold_experiment, run_train
 
-    result = run_train(cfg, address=args.address, preflight=args.preflight)
-    print_train_summary(cfg, result)
+    with hold_experiment(cfg, resume=False, command=command_line()) as lease:
+        result = run_train(cfg, lease, address=args.address, preflight=args.preflight)
+        print_train_summary(cfg, result)
     return 0
 
 
