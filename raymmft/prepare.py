@@ -56,8 +56,10 @@ def prepare(
     import torch
 
     from raymmft.evaluation import write_json
+    from raymmft.faults import pause_if_asked
     from raymmft.loop import evaluator_for, model_of, report_metrics
 
+    pause_if_asked("prepare")
     experiment = Location.parse(experiment)
     directory = experiment.join(PREPARED_DIR)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.resources.use_gpu else "cpu")

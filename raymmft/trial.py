@@ -34,6 +34,7 @@ from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
 from raymmft.config import Config, apply_trial_params
+from raymmft.faults import pause_if_asked
 from raymmft.results.experiment import TENSORBOARD_DIR, TRAIN_RUNS_DIR
 from raymmft.search_space import flatten_fields
 from raymmft.storage import Location
@@ -215,6 +216,7 @@ class TrialProgress:
         epoch = int(metrics.get("epoch", self.epoch + 1))
         if epoch <= self.epoch:
             return
+        pause_if_asked(f"record:{epoch}")
         self.epoch = epoch
         self.checkpoint_path = checkpoint or metrics.get("checkpoint_path") or self.checkpoint_path
         if self.checkpoint_path:

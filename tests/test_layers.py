@@ -19,7 +19,9 @@ PACKAGE = ROOT / "raymmft"
 LAYERS = {
     "core": (
         "raymmft.errors",
+        "raymmft.faults",
         "raymmft.storage",
+        "raymmft.lease",
         "raymmft.progress",
         "raymmft.text",
         "raymmft.objectives",
