@@ -2,7 +2,8 @@
 makes the process that reaches ``POINT`` create the file ``MARKER`` and wait there until it is
 killed, so a test can send a signal at that exact point (e.g. ``record:4``: the trial driver
 before Tune records epoch 4, its Train checkpoint already written; ``prepare``: the search's
-preparation step). An existing marker disarms it (the resumed run goes on). Unset: nothing."""
+preparation step; ``test-evaluation``: the driver before it evaluates the chosen candidate on
+the test sets). An existing marker disarms it (the resumed run goes on). Unset: nothing."""
 
 from __future__ import annotations
 

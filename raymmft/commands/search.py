@@ -154,6 +154,7 @@ def print_search_summary(cfg, exp) -> None:
     from raymmft.config import apply_trial_params
     from raymmft.evaluation import format_table as format_evaluation
     from raymmft.evaluation import write_json
+    from raymmft.faults import pause_if_asked
     from raymmft.results.experiment import TEST_EVALUATION_FILE
     from raymmft.results.rows import (
         best_trial_row,
@@ -193,6 +194,7 @@ def print_search_summary(cfg, exp) -> None:
     params = {} if baseline else searched_params(chosen)
     if not baseline and chosen.get("alpha", 1.0) < 1.0:
         params["model.interpolate"] = float(chosen["alpha"])
+    pause_if_asked("test-evaluation")
     result = evaluate_remote(
         apply_trial_params(cfg, params),
         checkpoint,
