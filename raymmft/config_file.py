@@ -2,6 +2,9 @@
 the one validation. The file is read as YAML with unique keys; ``--set a.b=value`` overrides a field
 (the value parsed as YAML); dedicated flags (``--name``, ``--storage``) set theirs; the experiment's
 name defaults to the file's stem; relative paths are resolved against the working directory.
+YAML is read with bounds (``MAX_YAML_DEPTH`` levels, ``MAX_YAML_VALUES`` values with every alias
+counted as the value it repeats), so that a "billion laughs" of aliases or a deep nesting is one
+line, not gigabytes or a ``RecursionError``; an error message is cut to ``MAX_MESSAGE`` characters.
 ``load_experiment_config`` reads back the config an experiment saved (``raymmft_config.json``, the
 whole config with its defaults).
 """
@@ -23,27 +26,117 @@ from raymmft.storage import Location
 
 EXPERIMENT_CONFIG_FILE = "raymmft_config.json"
 
+# A config is a few sections a few levels deep; these bounds are far above any real one.
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
+MAX_MESSAGE = 1000
+SHOWN_VALUE = 80  # characters of a --set value quoted in its error
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters long, a cut marked with ``...``."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
-    """``["train.lr=1e-4", ...]`` → ``[("train.lr", 0.0001), ...]`` (values parsed as YAML)."""
+    """``["train.lr=1e-4", ...]`` → ``[("train.lr", 0.0001), ...]`` (values parsed as YAML, by the
+    config file's loader and within its bounds)."""
     out = []
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects FIELD=VALUE, got '{item}'")
+            raise ConfigError(f"--set expects FIELD=VALUE, got {cut(item, SHOWN_VALUE)!r}")
         try:
-            out.append((key.strip(), yaml.safe_load(value)))
+            out.append((key.strip(), yaml.load(value, Loader=UniqueKeyLoader)))
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(
-                f"--set {key}: cannot parse value {value!r} as YAML: {problem}"
+                f"--set {cut(key, SHOWN_VALUE)}: cannot parse value {cut(value, SHOWN_VALUE)!r} "
+                f"as YAML: {problem}"
             ) from None
     return out
 
 
+class YamlBoundError(yaml.MarkedYAMLError):
+    """YAML that is well formed but beyond ``MAX_YAML_DEPTH`` or ``MAX_YAML_VALUES``."""
+
+
+def _too_deep(mark) -> YamlBoundError:
+    return YamlBoundError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
+
+
+def check_expanded(root: yaml.Node) -> None:
+    """The bounds on a composed document, aliases expanded: at most ``MAX_YAML_DEPTH`` levels and
+    ``MAX_YAML_VALUES`` values (scalars, lists and mappings). The walk visits each node once
+    (an alias is the node of its anchor: its size is remembered, not recounted), so a document whose
+    aliases expand to 10^30 values is refused in time linear in its length. The error marks the
+    first value found too large, or a value that contains itself through an alias."""
+    known: dict[int, tuple[int, int]] = {}  # id(node) -> (values, levels)
+    open_nodes: set[int] = set()
+
+    def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
+        if depth > MAX_YAML_DEPTH:
+            raise _too_deep(node.start_mark)
+        key = id(node)
+        if key in open_nodes:
+            raise YamlBoundError(
+                None,
+                None,
+                "an alias inside its own anchor's value (a value cannot contain itself)",
+                node.start_mark,
+            )
+        if key not in known:
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = []
+            open_nodes.add(key)
+            values, levels = 1, 1
+            for child in children:
+                child_values, child_levels = visit(child, depth + 1)
+                values, levels = values + child_values, max(levels, child_levels + 1)
+                if values > MAX_YAML_VALUES:
+                    raise YamlBoundError(
+                        None,
+                        None,
+                        f"this value holds more than {MAX_YAML_VALUES} values "
+                        "(each alias counted as the value it repeats)",
+                        node.start_mark,
+                    )
+            open_nodes.discard(key)
+            known[key] = (values, levels)
+        values, levels = known[key]
+        if depth + levels - 1 > MAX_YAML_DEPTH:
+            raise _too_deep(node.start_mark)
+        return values, levels
+
+    visit(root, 1)
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
-    the last one without a word). Merge keys (``<<: *anchor``) still override as YAML says."""
+    the last one without a word), and that a document is refused beyond ``MAX_YAML_DEPTH`` levels
+    (while it is composed, before Python's recursion limit) or ``MAX_YAML_VALUES`` values with its
+    aliases expanded (``check_expanded``, before anything is constructed). Merge keys
+    (``<<: *anchor``) still override as YAML says."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _too_deep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        root = super().compose_document()
+        check_expanded(root)
+        return root
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -84,7 +177,8 @@ def load_config(
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: YAML syntax error at{where}: {problem}") from None
+        kind = "YAML too large" if isinstance(exc, YamlBoundError) else "YAML syntax error"
+        raise ConfigError(f"{path}: {kind} at{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for key, value in [*parse_overrides(overrides), *(fields or {}).items()]:
@@ -92,7 +186,10 @@ def load_config(
     storage = raw.get("storage")
     if storage is None or (isinstance(storage, dict) and storage.get("name") is None):
         set_path(raw, "storage.name", path.stem)
-    return validate_config(raw, str(path), base_dir=os.getcwd())
+    try:
+        return validate_config(raw, str(path), base_dir=os.getcwd())
+    except ConfigError as exc:  # a message may quote a value of the file: one bounded line
+        raise ConfigError(cut(str(exc), MAX_MESSAGE)) from None
 
 
 def check_searchable(cfg: Config, overrides: list[str] | None) -> None:
