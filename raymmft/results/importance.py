@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 
 from raymmft.objectives import Objectives
-from raymmft.results.rows import config_value, trials_only
+from raymmft.results.plots import literal_text
+from raymmft.results.rows import get_field, trials_only
 from raymmft.search_space import distributions_of
 
 # Fewer than two finished trials per searched field cannot tell the fields' effects apart.
@@ -39,7 +40,9 @@ def search_importance(rows: list[dict], base_config: dict) -> Importance:
     """The importance of every searched field for every objective of the search."""
     import optuna
 
-    space = config_value(base_config, "search.space")
+    space = get_field(base_config, "search.space")
+    if space is None:  # never today's default space: the fields this search did not search
+        return Importance(note="not computed: the search's config holds no search.space")
     distributions = {k: d.to_optuna() for k, d in distributions_of(space).items()}
     goals = Objectives.of_saved(base_config.get("search"))
     metrics, modes = goals.metrics, goals.modes
@@ -78,6 +81,7 @@ def search_importance(rows: list[dict], base_config: dict) -> Importance:
     return Importance(values=out, trials=len(finished))
 
 
+@literal_text
 def plot_importance(importance: Importance):
     """One bar chart per objective (the fields' shares), or the note when there are none."""
     from matplotlib.figure import Figure

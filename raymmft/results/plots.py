@@ -1,14 +1,39 @@
-"""The report's figures: matplotlib ``Figure`` objects (no pyplot: no global state, any backend)."""
+"""The report's figures: matplotlib ``Figure`` objects (no pyplot: no global state, any backend).
+
+Every text in them is drawn as it is written (``literal_text``): trial ids, set, metric and
+experiment names come from the user and from an experiment's files, and matplotlib would read
+``$...$`` in them as mathtext (or hand them to LaTeX under ``text.usetex``).
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 
 from raymmft.results.experiment import Experiment
 from raymmft.results.rows import FINISHED, to_float
 
+# no mathtext, no LaTeX: a "$", "_", "^" or "\\" in a name is that character
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
 
+
+def literal_text(draw):
+    """``draw`` (a function that makes or saves a figure) with ``LITERAL_TEXT`` in force. A
+    matplotlib ``Text`` takes these settings when it is made, and tick labels are made when the
+    figure is drawn: so both the plotting functions and ``png`` run under it."""
+
+    @functools.wraps(draw)
+    def literal(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(LITERAL_TEXT):
+            return draw(*args, **kwargs)
+
+    return literal
+
+
+@literal_text
 def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -38,6 +63,7 @@ def plot_axes(objectives) -> tuple[str, str]:
     return (metrics[0], metrics[1]) if len(metrics) > 1 else (metrics[0], "score")
 
 
+@literal_text
 def plot_pareto(rows: list[dict], chosen: dict | None, title: str, axes=("id_acc", "ood_auroc")):
     """Every candidate in the plane of ``axes`` (two metrics), the front highlighted (with its
     attainment boundary when both are maximised), the chosen candidate annotated; hollow markers
@@ -141,6 +167,7 @@ def plot_pareto(rows: list[dict], chosen: dict | None, title: str, axes=("id_acc
     return fig
 
 
+@literal_text
 def plot_curves(exp: Experiment, rows: list[dict], top: int):
     """OoD AUROC and ID accuracy over epochs for the ``top`` trials by final ``score``."""
     from matplotlib.figure import Figure
@@ -163,7 +190,7 @@ def plot_curves(exp: Experiment, rows: list[dict], top: int):
             points = [
                 (r["epoch"], to_float(r.get(metric)))
                 for r in records[row["trial_id"]].results
-                if "epoch" in r
+                if not math.isnan(to_float(r.get("epoch")))
             ]
             if points:
                 xs, ys = zip(*points)
@@ -193,6 +220,7 @@ TIME_COLOURS = {
 }
 
 
+@literal_text
 def plot_time(rows: list[dict]):
     """How each trial's time divides: start-up (to the first step), training steps, evaluations,
     checkpoints, and the rest of its wall time (Ray's scheduling, reporting), as stacked bars."""

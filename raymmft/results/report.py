@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import math
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -30,10 +32,10 @@ from raymmft.results.experiment import (
     OPTUNA_JOURNAL,
     REPORT_DIR,
     TENSORBOARD_DIR,
-    TEST_EVALUATION_FILE,
     Experiment,
+    inside,
+    printable,
     read_experiment,
-    read_json,
 )
 from raymmft.results.importance import Importance, plot_importance, search_importance
 from raymmft.results.plots import plot_axes, plot_curves, plot_pareto, plot_time, png
@@ -99,25 +101,29 @@ def write_report(
 ) -> ReportPaths:
     """Read the experiment and write the report (module docstring) into ``out_dir`` (default
     ``<experiment>/report``; local or URI); return what it wrote."""
-    import pyarrow.parquet as pq
-
-    exp = read_experiment(experiment)
+    exp = read_experiment(experiment, needs_config=True)
     rows = trial_rows(exp)
     objectives = objectives_of(exp)
     chosen = chosen_row(rows)
     best = best_trial_row(rows, objectives)  # the best fine-tuned option (best.yaml)
     importance = search_importance(rows, exp.base_config)
 
-    out = exp.location.join(REPORT_DIR) if out_dir is None else Location.parse(out_dir)
+    # <experiment>/report stays in the experiment (a link out of it is refused); every file is
+    # written beside its place and renamed into it, so a link in its place is replaced, not
+    # followed
+    out = (
+        inside(exp.location, exp.location.join(REPORT_DIR))
+        if out_dir is None
+        else Location.parse(out_dir)
+    )
     out.mkdir()
     names = ("trials.parquet", "pareto.png", "curves.png", "time.png", "importance.png")
     parquet, pareto, curves, times, importance_png = (out.join(n) for n in names)
-    pq.write_table(rows_table(rows), parquet.fs_path, filesystem=parquet.filesystem)
+    parquet.write_bytes(_parquet(rows))
     confirmation = None
     runs = confirmation_rows(exp, rows)
     if runs:
-        confirmation = out.join("confirmation.parquet")
-        pq.write_table(rows_table(runs), confirmation.fs_path, filesystem=confirmation.filesystem)
+        confirmation = out.join("confirmation.parquet").write_bytes(_parquet(runs))
     axes = plot_axes(objectives)
     title = f"{exp.name}: {len(trial_runs(rows))} trials, Pareto front of {objectives.describe()}"
     images = {
@@ -155,6 +161,14 @@ def write_report(
     )
 
 
+def _parquet(rows: list[dict]) -> bytes:
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(rows_table(rows), buffer)
+    return buffer.getvalue()
+
+
 def best_config(exp: Experiment, best: dict) -> dict:
     """The search's whole config with the best trial's values set and no search space; it runs
     as a new experiment (``<name>-best``) beside the search."""
@@ -174,17 +188,19 @@ def best_config_yaml(exp: Experiment, best: dict, rows: list[dict]) -> str:
     """``best.yaml``: the best trial's whole config, under a head that says what was chosen
     (the zero-shot starting model, when no trial beat it on the score)."""
     chosen = chosen_row(rows)
+    # comments of YAML: a newline in a name (a directory's) would start a line of config
+    name, trial = printable(exp.name), printable(best["trial_id"])
     if chosen is not None and chosen.get("baseline"):
-        statement = choice_statement(rows, objectives_of(exp))
+        statement = printable(choice_statement(rows, objectives_of(exp)) or "", 2000)
         head = (
-            f"# The search {exp.name} chose the zero-shot starting model: {statement}.\n"
+            f"# The search {name} chose the zero-shot starting model: {statement}.\n"
             "# Use the starting model (model.arch and model.pretrained below) as it is. What\n"
-            f"# follows is the best fine-tuned option, trial {best['trial_id']}; re-run it with:\n"
+            f"# follows is the best fine-tuned option, trial {trial}; re-run it with:\n"
             "# raymmft train best.yaml\n"
         )
     else:
         head = (
-            f"# The chosen configuration of the search {exp.name}: trial {best['trial_id']} "
+            f"# The chosen configuration of the search {name}: trial {trial} "
             f"(Pareto front, highest score).\n# Re-run it with: raymmft train best.yaml\n"
         )
     return head + yaml.safe_dump(best_config(exp, best), sort_keys=False)
@@ -255,7 +271,7 @@ def render_page(
         if isinstance(r.get("time_train_s"), float) and not math.isnan(r["time_train_s"])
     ]
     total = sum(r["time_total_s"] for r in timed if not math.isnan(r["time_total_s"]))
-    test = read_json(exp.location.join(TEST_EVALUATION_FILE)) or None
+    test = exp.test_evaluation()
     journal = exp.location.join(OPTUNA_JOURNAL)
     fields = list(next(iter(importance.values.values()), {}))
     return template.render(
@@ -283,7 +299,7 @@ def render_page(
         notes=notes,
         tensorboard=tensorboard_command(exp.location),
         objectives_url=tensorboard_objectives_url(),
-        optuna_dashboard=f"optuna-dashboard {journal.path}"
+        optuna_dashboard=f"optuna-dashboard {shlex.quote(journal.path)}"
         if journal.is_local and journal.is_file()
         else None,
     )
@@ -298,7 +314,7 @@ def tensorboard_command(logdir: str | Location) -> str:
     """
     location = Location.parse(logdir)
     if location.is_local:
-        return f"tensorboard --logdir {location.path}"
+        return f"tensorboard --logdir {shlex.quote(location.path)}"
     bare = Location(location.scheme, location.netloc, location.path).uri
     env = ""
     if location.scheme == "s3":
@@ -308,8 +324,8 @@ def tensorboard_command(logdir: str | Location) -> str:
             endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
         endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
-            env = f"S3_ENDPOINT={endpoint} "
-    return f"{env}tensorboard --logdir {bare}"
+            env = f"S3_ENDPOINT={shlex.quote(endpoint)} "
+    return f"{env}tensorboard --logdir {shlex.quote(bare)}"
 
 
 def tensorboard_objectives_url(port: int = 6006) -> str:
@@ -318,7 +334,8 @@ def tensorboard_objectives_url(port: int = 6006) -> str:
 
 
 def _notes(exp: Experiment, rows: list[dict]) -> tuple[str, ...]:
-    notes = []
+    # what was read as missing (after the rows: they read the zero-shot evaluation)
+    notes = [*exp.notes, *(exp.confirmation.notes if exp.confirmation is not None else [])]
     if not any(r.get("baseline") for r in rows):
         notes.append(
             "no zero-shot baseline: this experiment stored none (made before searches were "

@@ -16,34 +16,13 @@ import math
 from typing import Any
 
 from raymmft.objectives import SCORE, TIME_PARTS, Objectives, interp_name, mode_of, to_float
-from raymmft.results.experiment import Experiment
+from raymmft.results.experiment import TUNE_KEYS, Experiment
 from raymmft.search_space import flatten_fields
 
 # each trial's change against the zero-shot starting model (besides the objectives)
 DELTAS = ("id_acc", "ood_auroc", "ood_fpr95")
 BASELINE_ID = "zero-shot"
 FINISHED = ("completed", "early_stopped")
-# Tune's bookkeeping in each result line: not a metric of the trial.
-TUNE_KEYS = frozenset(
-    {
-        "timestamp",
-        "checkpoint_dir_name",
-        "checkpoint_path",
-        "done",
-        "training_iteration",
-        "trial_id",
-        "date",
-        "time_this_iter_s",
-        "time_total_s",
-        "pid",
-        "hostname",
-        "node_ip",
-        "config",
-        "time_since_restore",
-        "iterations_since_restore",
-        "experiment_tag",
-    }
-)
 # best_<metric> over a trial's reports, besides the objectives
 BEST_OF = ("id_acc", "ood_auroc", "ood_fpr95", SCORE)
 
