@@ -45,6 +45,7 @@ SHARD_NAME = "part-{:05d}.parquet"
 ROWS_PER_GROUP = 100
 CACHED_GROUPS = 2  # row groups kept per process (a batch may straddle two)
 OPEN_FILES = 4  # Parquet files kept open per process
+READ_BUFFER = 2**20  # bytes read at a time from a file
 CHECK_GROUPS = 16  # row groups the preflight reads, spread over the dataset (``check_all``: all)
 
 
@@ -122,7 +123,16 @@ def imagefolder_to_parquet(
             schema=schema,
         )
         shard_path = f"{out_path.rstrip('/')}/{SHARD_NAME.format(shard)}"
-        pq.write_table(table, shard_path, filesystem=fs, row_group_size=rows_per_group)
+        pq.write_table(
+            table,
+            shard_path,
+            filesystem=fs,
+            row_group_size=rows_per_group,
+            # encoded images neither repeat nor compress: plain pages read in ~2x a group's bytes
+            # (a dictionary page, or a compressed one, costs twice that again)
+            use_dictionary=["label"],
+            compression={"image": "none", "label": "snappy", "path": "snappy"},
+        )
         written.append(shard_path)
     return written
 
@@ -318,7 +328,7 @@ class ParquetImageDataset(LabeledImageDataset):
         if self._process != os.getpid():
             self._fs, _ = resolve_location(self.location)
             self._files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
-            self._cache: OrderedDict[tuple[int, str], pa.Array] = OrderedDict()
+            self._cache: OrderedDict[tuple[int, str], pa.ChunkedArray] = OrderedDict()
             self._process = os.getpid()
         return self._fs, self._files, self._cache
 
@@ -331,13 +341,17 @@ class ParquetImageDataset(LabeledImageDataset):
         if f in files:
             files.move_to_end(f)
             return files[f]
-        opened = pq.ParquetFile(fs.open_input_file(self.groups.files[f]))
+        # pre_buffer would keep each file's last row group in its cache, beside ours; a buffered
+        # stream reads a column chunk page by page, not whole before decoding
+        opened = pq.ParquetFile(
+            fs.open_input_file(self.groups.files[f]), pre_buffer=False, buffer_size=READ_BUFFER
+        )
         files[f] = opened
         if len(files) > OPEN_FILES:
             files.popitem(last=False)[1].close()
         return opened
 
-    def read_group(self, g: int, column: str) -> pa.Array:
+    def read_group(self, g: int, column: str) -> pa.ChunkedArray:
         """One column of row group ``g`` (cached: the last ``CACHED_GROUPS`` groups read)."""
         _, _, cache = self._local()
         key = (g, column)
@@ -350,7 +364,7 @@ class ParquetImageDataset(LabeledImageDataset):
         except (pa.ArrowException, OSError) as exc:
             name = self.groups.name(self.location, int(self.groups.file[g]))
             raise DataError(f"cannot read parquet {name}: {exc}") from None
-        cache[key] = table.column(0).combine_chunks()
+        cache[key] = table.column(0)
         self.group_reads += 1
         while len(cache) > CACHED_GROUPS:
             cache.popitem(last=False)
@@ -518,7 +532,7 @@ def checked(dataset: ParquetImageDataset, spec: DatasetSpec, *, every: bool):
         return dataset
     if not keep.any():
         raise DataError(f"{spec}: every selected image is unreadable")
-    return ParquetImageDataset(
+    kept = ParquetImageDataset(
         dataset.location,
         dataset.groups,
         dataset.image_column,
@@ -530,3 +544,5 @@ def checked(dataset: ParquetImageDataset, spec: DatasetSpec, *, every: bool):
         skipped=skipped,
         skip_corrupt=spec.skip_corrupt,
     )
+    kept.group_reads = dataset.group_reads
+    return kept
