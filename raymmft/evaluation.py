@@ -300,7 +300,7 @@ class Evaluator:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         corpus=None,
         negatives=None,
         cache: str | Location | None = None,
@@ -315,6 +315,7 @@ class Evaluator:
         self.rank, self.world_size, self.num_workers, self.out = rank, world_size, num_workers, out
         self.scores, self.primary = _check_scores(settings.scores, settings.ood_score)
         self.sets = {"ID": id_set, **ood_sets}
+        self._loaders: dict[str, object] = {}
         self.tokenizer = CachedTokenizer(bundle.tokenizer)  # ids kept across evaluations
         context = ScoreContext(
             settings=settings,
@@ -350,17 +351,30 @@ class Evaluator:
         first, last = shard_bounds(math.ceil(n / size), self.rank, self.world_size)
         return range(first * size, min(last * size, n))
 
-    def _loader(self, dataset):
+    def _loader(self, name: str, dataset):
+        """This rank's loader of a set, built once per evaluator (a trial evaluates many times;
+        with loader processes, they are kept between evaluations)."""
         from torch.utils.data import DataLoader, Subset
 
-        block = Subset(dataset, self._block(len(dataset)))
-        size = self.settings.batch_size
-        return DataLoader(block, batch_size=size, shuffle=False, num_workers=self.num_workers)
+        from raymmft.data import loader_workers
 
-    def _images(self, model, dataset, progress: Progress) -> tuple[Tensor, Tensor, int]:
+        if name not in self._loaders:
+            block = Subset(dataset, self._block(len(dataset)))
+            workers = loader_workers(self.num_workers)
+            self._loaders[name] = DataLoader(
+                block,
+                batch_size=self.settings.batch_size,
+                shuffle=False,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+            )
+        return self._loaders[name]
+
+    def _images(self, model, name: str, dataset, progress: Progress) -> tuple[Tensor, Tensor, int]:
         feats, labels, skipped = encode_images(
             model,
-            self._loader(dataset),
+            self._loader(name, dataset),
             self.device,
             autocast_dtype=self.bundle.autocast_dtype,
             progress=progress,
@@ -379,7 +393,7 @@ class Evaluator:
         inputs = {name: setup.inputs(encode) for name, setup in self.setups.items()}
         mine = sum(len(self._block(len(d))) for d in self.sets.values())
         progress = Progress("evaluating", mine, "images", out=self.out)
-        encoded = {name: self._images(model, d, progress) for name, d in self.sets.items()}
+        encoded = {name: self._images(model, name, d, progress) for name, d in self.sets.items()}
         progress.finish()
         id_feats, id_labels, _ = encoded.pop("ID")
         result = evaluate_embeddings(

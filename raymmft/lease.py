@@ -66,7 +66,7 @@ class ExperimentLease:
         held = self.read()
         if held is not None:
             if not self.is_stale(held):
-                raise ExperimentInUseError(self._in_use(held))
+                raise ExperimentInUseError(self.in_use(held))
             print(f"note: taking over the stale lease of {self.experiment} ({describe(held)})")
             self._delete()
         try:
@@ -78,7 +78,7 @@ class ExperimentLease:
                 time.sleep(SETTLE_S)
                 held = self.read()
                 if held is None or held.get("owner") != self.record["owner"]:
-                    raise ExperimentInUseError(self._in_use(held or {}))
+                    raise ExperimentInUseError(self.in_use(held or {}))
         except StorageError as exc:
             raise StorageError(f"cannot take the lease of {self.experiment}: {exc}") from None
         self._thread = threading.Thread(target=self._beat, name="raymmft-lease", daemon=True)
@@ -138,7 +138,7 @@ class ExperimentLease:
             return not _alive(pid)
         return False
 
-    def _in_use(self, held: dict) -> str:
+    def in_use(self, held: dict) -> str:
         return (
             f"experiment {self.experiment} is in use by another driver ({describe(held)}); "
             "wait for it to end, or stop it first (a lease whose heartbeat is older than "
@@ -161,7 +161,7 @@ class ExperimentLease:
             try:
                 os.link(tmp, path)  # fails if a lease exists, atomically (NFS included)
             except FileExistsError:
-                raise ExperimentInUseError(self._in_use(self.read() or {})) from None
+                raise ExperimentInUseError(self.in_use(self.read() or {})) from None
         except OSError as exc:
             raise StorageError(f"{exc.strerror or first_line(exc)}: {path}") from None
         finally:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from raymmft.config import Config
-from raymmft.data import build_loader, open_dataset, per_worker_batch
+from raymmft.data import build_loader, loader_workers, open_dataset, per_worker_batch
 from raymmft.data.dataset import fill_unreadable
 from raymmft.data.spec import set_names
 from raymmft.evaluation import Evaluator
@@ -126,7 +126,7 @@ def evaluator_for(
         device=device,
         rank=rank,
         world_size=world_size,
-        num_workers=cfg.data.num_workers,
+        num_workers=loader_workers(cfg.data.num_workers, cfg.resources.cpus_per_worker),
         corpus=resolve_corpus(neglabel) if mines else None,
         negatives=negatives,
         cache=cache,
@@ -260,6 +260,8 @@ def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
         shuffle=True,
         seed=cfg.train.seed,
         num_workers=cfg.data.num_workers,
+        cpus=cfg.resources.cpus_per_worker,
+        device=worker.device,
         rank=worker.rank,
         world_size=worker.world_size,
         drop_last=True,

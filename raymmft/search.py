@@ -22,7 +22,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from raymmft.cluster import init_ray, joins_cluster, local_resources
 from raymmft.config import Config, apply_trial_params
 from raymmft.config_file import EXPERIMENT_CONFIG_FILE as CONFIG_FILE
-from raymmft.errors import ConfigError, RunFailedError, first_line
+from raymmft.errors import ConfigError, ExperimentInUseError, RunFailedError, first_line
 from raymmft.lease import ExperimentLease
 from raymmft.results.experiment import TENSORBOARD_DIR
 from raymmft.search_space import tune_param_space
@@ -149,7 +149,12 @@ def hold_experiment(cfg: Config, *, resume: bool, command: str) -> ExperimentLea
     held by this driver (``raymmft.lease``) until the command ends: use it as a context manager
     around everything the command writes. A start that fails or is interrupted before its
     search holds results (``lease.started``) removes the directory it created."""
-    return ExperimentLease(check_experiment_dir(cfg, resume=resume), command=command)
+    lease = ExperimentLease(cfg.storage.experiment, command=command)
+    held = lease.read()
+    if held is not None and not lease.is_stale(held):  # said before "already exists"
+        raise ExperimentInUseError(lease.in_use(held))
+    check_experiment_dir(cfg, resume=resume)
+    return lease
 
 
 def start_run(
