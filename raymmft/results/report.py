@@ -107,6 +107,7 @@ def write_report(
     chosen = chosen_row(rows)
     best = best_trial_row(rows, objectives)  # the best fine-tuned option (best.yaml)
     importance = search_importance(rows, exp.base_config)
+    test = exp.test_evaluation()  # every file read and checked before anything is written
 
     # <experiment>/report stays in the experiment (a link out of it is refused); every file is
     # written beside its place and renamed into it, so a link in its place is replaced, not
@@ -139,7 +140,7 @@ def write_report(
     if best is not None:
         best_yaml = out.join("best.yaml").write_text(best_config_yaml(exp, best, rows))
     notes = _notes(exp, rows) + _hparams_note(exp)
-    page = render_page(exp, rows, best, importance, images, notes)
+    page = render_page(exp, rows, best, importance, images, notes, test)
     index = out.join("index.html").write_text(page)
     return ReportPaths(
         out_dir=str(out),
@@ -255,8 +256,10 @@ def render_page(
     importance: Importance,
     images: dict[str, bytes],
     notes: tuple[str, ...],
+    test: dict | None = None,
 ) -> str:
-    """``index.html``: the whole report on one page, the PNGs embedded as data URIs."""
+    """``index.html``: the whole report on one page, the PNGs embedded as data URIs; ``test``:
+    the test-set evaluation (``Experiment.test_evaluation``)."""
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
@@ -271,7 +274,6 @@ def render_page(
         if isinstance(r.get("time_train_s"), float) and not math.isnan(r["time_train_s"])
     ]
     total = sum(r["time_total_s"] for r in timed if not math.isnan(r["time_total_s"]))
-    test = exp.test_evaluation()
     journal = exp.location.join(OPTUNA_JOURNAL)
     fields = list(next(iter(importance.values.values()), {}))
     return template.render(
