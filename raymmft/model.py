@@ -171,10 +171,19 @@ def build_model(
         model=model,
         preprocess_train=preprocess_train,
         preprocess_eval=preprocess_eval,
-        tokenizer=open_clip.get_tokenizer(arch),
+        tokenizer=text_tokenizer(arch),
         image_size=_image_size(model),
         autocast_dtype=AUTOCAST_DTYPES[precision],
     )
+
+
+def text_tokenizer(arch: str) -> Callable:
+    """The tokenizer of ``arch`` with its context length, as ``build_model`` gives it; no weights
+    are read (preflight checks class prompts with it)."""
+    try:
+        return open_clip.get_tokenizer(arch)
+    except Exception as exc:  # a hub tokenizer that cannot be fetched, say
+        raise ModelError(f"cannot load the tokenizer of {arch}: {first_line(exc)}") from exc
 
 
 class _DropRandomInitWarning(logging.Filter):
