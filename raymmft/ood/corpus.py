@@ -139,10 +139,12 @@ def corpus_from_words(words: Sequence[str], name: str = "custom") -> WordCorpus:
 
 
 def read_word_file(path: str | Path) -> WordCorpus:
-    """A text file with one word per line (blank lines and ``#`` comments skipped), as nouns."""
+    """A text file with one word per line (blank lines and ``#`` comments skipped), as nouns. A
+    UTF-8 byte-order mark is not part of the first word; mining compares the words with the ID
+    class names as the tokenizer reads them (``raymmft.ood.neglabel.name_key``)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise ConfigError(f"NegLabel corpus file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

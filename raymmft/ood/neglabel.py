@@ -7,7 +7,9 @@ the eta-quantile (linear interpolation, as ``torch.quantile``) of ``{n . T_c}_c`
 adjectives are ranked separately by that affinity and the ``keep_fraction`` least similar of each are
 kept (``int(count * keep_fraction)``, as in the paper's code); ``max_negatives`` caps the total, split
 between nouns and adjectives in proportion to what each kept. Candidates equal to an ID class name
-(case- and underscore-insensitive) are dropped first.
+are dropped first, compared as the tokenizer reads them (``name_key``: case, whitespace, Unicode
+form and WordNet's ``_`` do not count); ``mining_candidates`` is that rule, which preflight applies
+too, so a corpus that leaves nothing to keep is refused before the search.
 
 As in the paper's code, mining happens once with the starting model; during fine-tuning the selected
 prompts are re-encoded with the current model (``NegLabelSetup.inputs``). The parameters are the
@@ -35,7 +37,7 @@ from raymmft.ood.corpus import WordCorpus, corpus_from_words
 from raymmft.ood.embed import average_templates
 from raymmft.progress import Progress, say
 from raymmft.storage import Location
-from raymmft.text import class_prompts
+from raymmft.text import class_prompts, tokenizer_text
 
 if TYPE_CHECKING:  # the settings are the config's section; read by attribute only
     from raymmft.config import NegLabelConfig
@@ -110,8 +112,33 @@ def eta_quantile(similarities: Tensor, eta: float) -> Tensor:
     return sims[..., lo] + (pos - lo) * (sims[..., hi] - sims[..., lo])
 
 
-def _name_key(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
+def name_key(name: str) -> str:
+    """A word or class name as the tokenizer reads it, WordNet's ``_`` as a space: the form in
+    which candidates are compared with the ID class names."""
+    return tokenizer_text(name.replace("_", " "))
+
+
+def mining_candidates(
+    corpus: WordCorpus, id_classnames: Sequence[str], settings: NegLabelConfig
+) -> tuple[list[str], list[str], int, int]:
+    """``(nouns, adjectives, nouns kept, adjectives kept)``: the words mining ranks
+    (``settings.exclude_categories`` and the words equal to an ID class name left out) and how
+    many of each it keeps. A corpus of which it would keep none is a ``ValueError`` saying why."""
+    words = corpus.without_categories(settings.exclude_categories)
+    id_keys = {name_key(name) for name in id_classnames}
+    nouns = [w for w in words.nouns if name_key(w) not in id_keys]
+    adjs = [w for w in words.adjectives if name_key(w) not in id_keys]
+    k_noun, k_adj = _keep_counts(
+        len(nouns), len(adjs), settings.keep_fraction, settings.max_negatives
+    )
+    if k_noun + k_adj == 0:
+        dropped = len(words) - len(nouns) - len(adjs)
+        named = f" ({dropped} more equal an ID class name)" if dropped else ""
+        raise ValueError(
+            f"NegLabel mining keeps no words: {len(nouns)} nouns and {len(adjs)} adjectives{named} "
+            f"with keep_fraction={settings.keep_fraction}; use a larger corpus or keep_fraction"
+        )
+    return nouns, adjs, k_noun, k_adj
 
 
 def mining_fingerprint(
@@ -133,6 +160,7 @@ def mining_fingerprint(
         "noun_template": settings.noun_template,
         "adj_template": settings.adj_template,
         "id_templates": list(id_templates),
+        "id_filter": "tokenizer_text",  # how candidates are matched to ID names (name_key)
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -204,18 +232,8 @@ def mine_negative_labels(
         raise ValueError("need at least one ID class name to mine negative labels")
     if not isinstance(corpus, WordCorpus):
         corpus = corpus_from_words(corpus)
+    nouns, adjs, k_noun, k_adj = mining_candidates(corpus, id_classnames, settings)
     words = corpus.without_categories(settings.exclude_categories)
-    id_keys = {_name_key(name) for name in id_classnames}
-    nouns = [w for w in words.nouns if _name_key(w) not in id_keys]
-    adjs = [w for w in words.adjectives if _name_key(w) not in id_keys]
-    k_noun, k_adj = _keep_counts(
-        len(nouns), len(adjs), settings.keep_fraction, settings.max_negatives
-    )
-    if k_noun + k_adj == 0:
-        raise ValueError(
-            f"NegLabel mining keeps no words: {len(nouns)} nouns and {len(adjs)} adjectives "
-            f"with keep_fraction={settings.keep_fraction}; use a larger corpus or keep_fraction"
-        )
 
     cache_file = fingerprint = None
     if cache is not None:
