@@ -2,7 +2,8 @@
 
 Class folders are sorted by name (label = position). Class names come from, in order:
 ``classnames_file`` (one per line, in label order), open_clip's ImageNet names when the folders are
-the 1,000 ImageNet wnids (``n01440764`` ...), else the folder names themselves.
+the 1,000 ImageNet wnids (``n01440764`` ...; ``raymmft.text.imagenet_classnames``, which tells
+open_clip's two repeated names apart), else the folder names themselves.
 
 Opening lists the files; an unreadable image fails where it is decoded, named (or, with
 ``skip_corrupt``, is left out of evaluation and counted). The driver's preflight opens with
@@ -25,6 +26,7 @@ from raymmft.data.dataset import FileImageDataset, image_problem
 from raymmft.data.selection import select_samples
 from raymmft.data.spec import DatasetSpec
 from raymmft.errors import DataError
+from raymmft.text import imagenet_classnames
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -78,10 +80,51 @@ def folder_classnames(root: Path, folders: list[str], classnames_file: str | Non
             )
         return names
     if len(folders) == IMAGENET_CLASS_COUNT and all(WNID.fullmatch(f) for f in folders):
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-        return list(IMAGENET_CLASSNAMES)  # open_clip's order is the sorted-wnid order
+        return imagenet_classnames()  # open_clip's order is the sorted-wnid order
     return list(folders)
+
+
+def _folder_id(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
+
+
+def image_files(folder: Path, seen: dict[tuple[int, int], Path]) -> list[Path]:
+    """The image files under ``folder`` in ``os.walk`` order (top-down, names sorted), links
+    followed. Each real folder is read once: ``seen`` maps the ``(st_dev, st_ino)`` of every folder
+    read so far to its path, and a folder met again (a link to an ancestor, to another class
+    folder, or two links to one folder) is a ``DataError``, not a loop or images counted twice."""
+    files: list[Path] = []
+    stack = [folder]
+    while stack:
+        path = stack.pop()
+        key = _folder_id(path)
+        if key in seen and seen[key] != path:
+            raise DataError(
+                f"folder {path} is the folder {seen[key]} again (through a link): its images "
+                "would be read twice, or forever; remove the link"
+            )
+        seen[key] = path
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:  # as os.walk: a folder that cannot be listed is left out
+            continue
+        files += [
+            Path(e.path)
+            for e in entries
+            if e.name.lower().endswith(IMAGE_EXTENSIONS)
+            and not e.name.startswith(".")
+            and not _is_dir(e)
+        ]
+        stack += [Path(e.path) for e in reversed(entries) if _is_dir(e)]
+    return files
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows a link, as os.walk(followlinks=True)
+    except OSError:
+        return False
 
 
 def scan_image_folder(root: str | Path, *, classnames_file: str | None = None) -> ImageFolderScan:
@@ -96,15 +139,9 @@ def scan_image_folder(root: str | Path, *, classnames_file: str | None = None) -
         raise DataError(f"no class folders in {root}")
     paths: list[Path] = []
     labels: list[int] = []
+    seen = {_folder_id(root): root}
     for label, folder in enumerate(folders):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root / folder, followlinks=True):
-            dirnames.sort()
-            files += [
-                Path(dirpath) / name
-                for name in sorted(filenames)
-                if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-            ]
+        files = image_files(root / folder, seen)
         if not files:
             raise DataError(f"empty class folder: {root / folder}")
         paths += files

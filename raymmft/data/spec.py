@@ -18,13 +18,16 @@ only, defaults included, so that the dump validates back into the same spec.
 
 ``DataConfig`` groups the ID train/val sets and the OoD validation/test sets and rejects setups where
 the OoD test set overlaps an OoD validation set (searching against it leaks), where OoD classes are ID
-classes, or where ID validation images are training images.
+classes, or where ID validation images are training images. Validation tells sources apart by their
+normalised URIs; preflight applies the same rules again with local paths resolved on disk
+(``real_source``: a symlink, ``./x`` and ``/abs/x/`` name one folder).
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -163,8 +166,10 @@ class DatasetSpec(BaseModel):
             value = value.split(",")
         if isinstance(value, (list, tuple)):
             names = tuple(str(name).strip() for name in value)
-            if not names or "" in names:
-                raise ValueError(f"empty class name in {list(value)!r}")
+            if not names:
+                raise ValueError("empty list of class names")
+            if "" in names:  # the list may be long: its position, not the list
+                raise ValueError(f"class name {names.index('') + 1} of {len(names)} is empty")
             duplicates = sorted({name for name in names if names.count(name) > 1})
             if duplicates:
                 raise ValueError(f"class {duplicates[0]!r} listed twice")
@@ -275,6 +280,21 @@ class DatasetSpec(BaseModel):
         return f"{self.kind}:{location.rstrip('/')}"
 
 
+def real_source(spec: DatasetSpec) -> str:
+    """The source a spec reads, as it is on disk: a local path resolved through its links
+    (``os.path.realpath``), anything else its ``normalised_uri``. Preflight compares sources so."""
+    location = spec.location
+    if location.startswith("file://"):
+        location = location.removeprefix("file://")
+    elif spec.kind in BUILTIN_KINDS or "://" in location:
+        return spec.normalised_uri()
+    return f"{spec.kind}:{os.path.realpath(os.path.expanduser(location))}"
+
+
+# what tells two specs' sources apart: ``DatasetSpec.normalised_uri`` or ``real_source``
+Source = Callable[[DatasetSpec], str]
+
+
 def set_names(specs: Sequence[DatasetSpec]) -> list[str]:
     """The one rule that names evaluation sets (in reports, metrics and TensorBoard tags): the
     spec's ``name``; else its source's last path segment (``shapes``, ``iNaturalist``), with a
@@ -331,14 +351,21 @@ def classes_may_intersect(a, b) -> bool:
     return True
 
 
-def samples_may_overlap(a: DatasetSpec, b: DatasetSpec, classes_a, classes_b) -> bool:
+def samples_may_overlap(
+    a: DatasetSpec,
+    b: DatasetSpec,
+    classes_a,
+    classes_b,
+    source: Source = DatasetSpec.normalised_uri,
+) -> bool:
     """Whether two specs can hold the same image.
 
-    Different sources never do. On one source: disjoint class sets never do; shapes images differ
-    unless split and seed are equal; carved splits are disjoint when they differ and were carved
-    with the same seed and fractions. Anything else may overlap.
+    Different sources (as ``source`` tells them apart) never do. On one source: disjoint class
+    sets never do; shapes images differ unless split and seed are equal; carved splits are
+    disjoint when they differ and were carved with the same seed and fractions. Anything else may
+    overlap.
     """
-    if a.normalised_uri() != b.normalised_uri():
+    if source(a) != source(b):
         return False
     if not classes_may_intersect(classes_a, classes_b):
         return False
@@ -374,11 +401,17 @@ class DataConfig(BaseModel):
     def _check_separation(self) -> DataConfig:
         set_names(self.ood_val)
         set_names(self.ood_test)
-        id_classes = self.id_classes()
-        self._check_id_val(id_classes)
-        self._check_ood_classes(id_classes)
-        self._check_ood_test_leak(id_classes)
+        self.check_separation(DatasetSpec.normalised_uri)
         return self
+
+    def check_separation(self, source: Source) -> None:
+        """The separation rules (module docstring), with ``source`` telling which specs read one
+        source: the normalised URI at validation (no I/O), ``real_source`` in preflight. A broken
+        rule is a ``ValueError``."""
+        id_classes = self.id_classes()
+        self._check_id_val(id_classes, source)
+        self._check_ood_classes(id_classes, source)
+        self._check_ood_test_leak(id_classes, source)
 
     def id_classes(self) -> tuple[str, ...] | None:
         """The ID class names when known without I/O (builtins, explicit lists)."""
@@ -386,10 +419,10 @@ class DataConfig(BaseModel):
             return self.id_train.classes
         return self.id_train.builtin_classes()
 
-    def _check_id_val(self, id_classes) -> None:
+    def _check_id_val(self, id_classes, source: Source) -> None:
         train_classes = known_classes(self.id_train, None)
         val_classes = known_classes(self.id_val, id_classes)
-        if samples_may_overlap(self.id_train, self.id_val, train_classes, val_classes):
+        if samples_may_overlap(self.id_train, self.id_val, train_classes, val_classes, source):
             raise ValueError(
                 f"id_val ({self.id_val}) overlaps id_train ({self.id_train}): validation images "
                 f"would be training images (a leak); use another split, seed or source"
@@ -401,13 +434,13 @@ class DataConfig(BaseModel):
                 f"{list(id_classes)}: both must list the same classes in the same order"
             )
 
-    def _check_ood_classes(self, id_classes) -> None:
+    def _check_ood_classes(self, id_classes, source: Source) -> None:
         """On the source of an ID set, an OoD set may only hold classes that are not ID classes."""
         ood = [(f"ood_val[{i}]", s) for i, s in enumerate(self.ood_val)]
         ood += [(f"ood_test[{i}]", s) for i, s in enumerate(self.ood_test)]
         for where, spec in ood:
             for id_where, id_spec in (("id_train", self.id_train), ("id_val", self.id_val)):
-                if spec.normalised_uri() != id_spec.normalised_uri():
+                if source(spec) != source(id_spec):
                     continue
                 if classes_may_intersect(
                     known_classes(spec, id_classes), known_classes(id_spec, id_classes)
@@ -417,14 +450,14 @@ class DataConfig(BaseModel):
                         f"must not be ID classes (use classes: near_ood, far_ood or a list)"
                     )
 
-    def _check_ood_test_leak(self, id_classes) -> None:
+    def _check_ood_test_leak(self, id_classes, source: Source) -> None:
         for j, test in enumerate(self.ood_test):
             for i, val in enumerate(self.ood_val):
                 test_classes, val_classes = (
                     known_classes(test, id_classes),
                     known_classes(val, id_classes),
                 )
-                if samples_may_overlap(test, val, test_classes, val_classes):
+                if samples_may_overlap(test, val, test_classes, val_classes, source):
                     raise ValueError(
                         f"ood_test[{j}] ({test}) overlaps ood_val[{i}] ({val}): scoring the search "
                         f"on OoD test images leaks them into the chosen configuration; use another "
