@@ -59,10 +59,10 @@ def check_storage(location: str | Location, *, num_nodes: int, shared: bool = Fa
             f"an s3:// or gs:// URI (--storage s3://bucket/raymmft), or an NFS mount present at "
             f"the same path on every node, declared with --set storage.shared=true"
         )
-    _check_local_writable(location)
+    check_local_writable(location)
 
 
-def _check_local_writable(location: Location) -> None:
+def check_local_writable(location: Location) -> None:
     path = location.local_path
     try:
         path.mkdir(parents=True, exist_ok=True)

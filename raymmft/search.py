@@ -14,6 +14,8 @@ import logging
 import math
 import pickle
 import shlex
+import signal
+import threading
 
 import ray
 from ray import tune
@@ -149,6 +151,10 @@ def hold_experiment(cfg: Config, *, resume: bool, command: str) -> ExperimentLea
     held by this driver (``raymmft.lease``) until the command ends: use it as a context manager
     around everything the command writes. A start that fails or is interrupted before its
     search holds results (``lease.started``) removes the directory it created."""
+    from raymmft.cluster import check_local_writable
+
+    if cfg.storage.location.is_local:  # its own message, before the lease is written there
+        check_local_writable(cfg.storage.location)
     lease = ExperimentLease(cfg.storage.experiment, command=command)
     held = lease.read()
     if held is not None and not lease.is_stale(held):  # said before "already exists"
@@ -229,12 +235,24 @@ def run_search(
             ),
             run_config=_run_config(cfg.storage.name, cfg.storage.location),
         )
-    grid = tuner.fit()
+    grid = fit_tuner(tuner)
     from raymmft.results.experiment import read_experiment
 
     if not read_experiment(exp).unfinished():
         run_confirmation(cfg, exp, negatives, max_concurrent)
     return grid
+
+
+def fit_tuner(tuner: tune.Tuner):
+    """``tuner.fit()``, with this process's Ctrl-C handler given back afterwards: Tune's (which
+    stops the search gracefully) stays installed after the fit until it fires, and would swallow
+    the first Ctrl-C of everything after it (the test evaluation, the report)."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return tuner.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
 
 
 def _trainable(driver, cfg: Config, negatives: str | None):
@@ -315,7 +333,7 @@ def run_confirmation(cfg: Config, exp: Location, negatives: str | None, max_conc
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
             run_config=_run_config(CONFIRM_DIR, exp),
         )
-    return tuner.fit()
+    return fit_tuner(tuner)
 
 
 # ---------------------------------------------------------------- one run, no search

@@ -49,11 +49,10 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
             raise ConfigError(
                 "--resume takes the experiment's saved config: drop CONFIG, --set, --name and --storage"
             )
-        if search_began(args.resume):
+        if not unstarted(args.resume):  # else --resume starts the interrupted start's search
             from raymmft.results.experiment import check_resumable
 
             check_resumable(args.resume)
-        # else a start interrupted before Tune wrote its state: --resume starts the search
         return load_experiment_config(args.resume)
     if not args.config:
         raise ConfigError("give a CONFIG file, or --resume EXPERIMENT")
@@ -71,17 +70,18 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
     return cfg
 
 
-def search_began(experiment: str) -> bool:
-    """Whether Tune wrote its state into ``experiment`` (a start interrupted during its
-    preparation step did not)."""
-    from raymmft.errors import ConfigError, StorageError
-    from raymmft.results.experiment import newest_state
+def unstarted(experiment: str) -> bool:
+    """Whether ``experiment`` is a start interrupted before Tune wrote anything (its config is
+    there, no Tune state, no pickled tuner): ``--resume`` then starts the search."""
+    from raymmft.errors import StorageError
+    from raymmft.results.experiment import TUNER_FILE, newest_state
     from raymmft.storage import Location
 
     try:
-        return newest_state(Location.parse(experiment).children()) is not None
-    except (StorageError, ValueError) as exc:
-        raise ConfigError(f"cannot resume {experiment}: {exc}") from None
+        names = set(Location.parse(experiment).children())
+    except (StorageError, ValueError, OSError):
+        return False  # check_resumable says what is wrong
+    return "raymmft_config.json" in names and TUNER_FILE not in names and not newest_state(names)
 
 
 def run(args: argparse.Namespace) -> int:
