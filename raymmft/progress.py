@@ -21,6 +21,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
 class Progress:
     """Counts ``done`` of ``total`` ``unit``s of ``what`` and says so every ``every`` seconds."""
 
@@ -31,7 +35,7 @@ class Progress:
         unit: str,
         *,
         every: float = DEFAULT_EVERY_S,
-        out: Callable[[str], None] | None = print,
+        out: Callable[[str], None] | None = say,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.what, self.total, self.unit, self.every = what, int(total), unit, every
@@ -60,7 +64,3 @@ class Progress:
         if self.out is not None and seconds >= self.every:
             self.out(f"{self.what}: {self.done:,} {self.unit} in {_duration(seconds)}")
         return seconds
-
-
-def say(message: str) -> None:
-    print(message, flush=True)

@@ -5,16 +5,20 @@ Class folders are sorted by name (label = position). Class names come from, in o
 the 1,000 ImageNet wnids (``n01440764`` ...; ``raymmft.text.imagenet_classnames``, which tells
 open_clip's two repeated names apart), else the folder names themselves.
 
-Opening lists the files; an unreadable image fails where it is decoded, named (or, with
+Opening lists the files (``list_image_folder``, the one walk) unless it is given an
+``ImageFolderListing`` made earlier (``raymmft.data.listing`` stores one, so that a search walks
+each folder once); an unreadable image fails where it is decoded, named (or, with
 ``skip_corrupt``, is left out of evaluation and counted). The driver's preflight opens with
-``check=True``: every selected image's header is read then (with ``skip_corrupt`` the whole image),
-so an unreadable file fails in seconds, before any trial starts.
+``check=True``: every selected image's header is read then (with ``skip_corrupt`` the whole image)
+by a bounded number of threads, so an unreadable file fails before any trial starts, in memory that
+does not grow with the number of files.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,13 +30,40 @@ from raymmft.data.dataset import FileImageDataset, image_problem
 from raymmft.data.selection import select_samples
 from raymmft.data.spec import DatasetSpec
 from raymmft.errors import DataError
+from raymmft.progress import Progress, say
 from raymmft.text import imagenet_classnames
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 WNID = re.compile(r"n\d{8}")
 IMAGENET_CLASS_COUNT = 1000
-CHECK_THREADS = 8
+# Reading a header is file I/O (often NFS): threads wait on it, so twice the cores keep them busy.
+THREADS_PER_CORE = 2
+MAX_CHECK_THREADS = 32
+CHECK_CHUNK = 64  # images per unit of work
+CHUNKS_PER_THREAD = 4  # units of work queued per thread: the memory the check holds
+
+
+@dataclass(frozen=True)
+class ImageFolderListing:
+    """Every image file of a folder tree: ``files[i]`` (relative to ``root``, ``/``-separated)
+    lies in the class folder ``folders[labels[i]]``. The walk's result, which
+    ``raymmft.data.listing`` stores so that opening the folder again does not walk it."""
+
+    root: str
+    folders: tuple[str, ...]
+    files: list[str]
+    labels: np.ndarray
+
+    def path(self, index: int) -> str:
+        return f"{self.root}/{self.files[index]}"
+
+    def paths(self, indices: Sequence[int] | np.ndarray | None = None) -> list[str]:
+        """The absolute paths of ``indices`` (all files when ``None``), as the walk forms them."""
+        prefix = f"{self.root}/"
+        if indices is None:
+            return [prefix + f for f in self.files]
+        return [prefix + self.files[i] for i in indices]
 
 
 @dataclass(frozen=True)
@@ -69,7 +100,9 @@ def read_classnames_file(path: str | Path) -> list[str]:
     return names
 
 
-def folder_classnames(root: Path, folders: list[str], classnames_file: str | None) -> list[str]:
+def folder_classnames(
+    root: str | Path, folders: Sequence[str], classnames_file: str | None
+) -> list[str]:
     """Class names for the class folders (see the module docstring for the order of sources)."""
     if classnames_file is not None:
         names = read_classnames_file(classnames_file)
@@ -82,6 +115,24 @@ def folder_classnames(root: Path, folders: list[str], classnames_file: str | Non
     if len(folders) == IMAGENET_CLASS_COUNT and all(WNID.fullmatch(f) for f in folders):
         return imagenet_classnames()  # open_clip's order is the sorted-wnid order
     return list(folders)
+
+
+def folder_root(location: str) -> Path:
+    """The root folder an ``imagefolder:`` location names, as the walk and listings spell it."""
+    return Path(location).expanduser()
+
+
+def class_folders(root: str | Path) -> list[str]:
+    """The class folders of an ImageFolder root, sorted: one listing of the root, no walk."""
+    root = folder_root(str(root))
+    if not root.exists():
+        raise DataError(f"dataset path does not exist: {root}")
+    if not root.is_dir():
+        raise DataError(f"dataset path is not a folder: {root}")
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not folders:
+        raise DataError(f"no class folders in {root}")
+    return folders
 
 
 def _folder_id(path: Path) -> tuple[int, int]:
@@ -127,41 +178,106 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
+def list_image_folder(
+    root: str | Path, *, out: Callable[[str], None] | None = say
+) -> ImageFolderListing:
+    """Walk the class folders and list their image files (by extension); nothing is decoded.
+    A walk of a large folder says how far it got about every ten seconds (``out``)."""
+    root = folder_root(str(root))
+    folders = class_folders(root)
+    files: list[str] = []
+    counts = np.zeros(len(folders), dtype=np.int64)
+    seen = {_folder_id(root): root}
+    cut = len(str(root)) + 1
+    progress = Progress(f"listing {root}", len(folders), "class folders", out=out)
+    for label, folder in enumerate(folders):
+        found = image_files(root / folder, seen)
+        if not found:
+            raise DataError(f"empty class folder: {root / folder}")
+        files += [str(p)[cut:] for p in found]
+        counts[label] = len(found)
+        progress.update(1)
+    progress.finish()
+    labels = np.repeat(np.arange(len(folders), dtype=np.int32), counts)
+    return ImageFolderListing(str(root), tuple(folders), files, labels)
+
+
 def scan_image_folder(root: str | Path, *, classnames_file: str | None = None) -> ImageFolderScan:
     """List the class folders and their image files (by extension); nothing is decoded."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise DataError(f"dataset path does not exist: {root}")
-    if not root.is_dir():
-        raise DataError(f"dataset path is not a folder: {root}")
-    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not folders:
-        raise DataError(f"no class folders in {root}")
-    paths: list[Path] = []
-    labels: list[int] = []
-    seen = {_folder_id(root): root}
-    for label, folder in enumerate(folders):
-        files = image_files(root / folder, seen)
-        if not files:
-            raise DataError(f"empty class folder: {root / folder}")
-        paths += files
-        labels += [label] * len(files)
-    classnames = folder_classnames(root, folders, classnames_file)
-    return ImageFolderScan(root, folders, classnames, paths, np.asarray(labels, dtype=np.int64))
+    listing = list_image_folder(root)
+    root = Path(listing.root)
+    return ImageFolderScan(
+        root,
+        list(listing.folders),
+        folder_classnames(root, listing.folders, classnames_file),
+        [Path(p) for p in listing.paths()],
+        listing.labels.astype(np.int64),
+    )
 
 
-def find_unreadable(paths: Sequence[Path], *, full_decode: bool) -> list[tuple[Path, str]]:
-    """``(path, reason)`` of each unreadable image, in order (threads: the work is file I/O)."""
+def check_threads() -> int:
+    """Threads that read image headers: ``THREADS_PER_CORE`` per core this process may use, at
+    most ``MAX_CHECK_THREADS``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(THREADS_PER_CORE * (cores or 1), MAX_CHECK_THREADS))
 
-    def check(path: Path) -> str | None:
-        return image_problem(path, full_decode=full_decode)
 
-    if len(paths) <= 64:
-        problems = [check(p) for p in paths]
-    else:
-        with ThreadPoolExecutor(CHECK_THREADS) as pool:
-            problems = list(pool.map(check, paths, chunksize=64))
-    return [(p, why) for p, why in zip(paths, problems) if why is not None]
+def unreadable_images(
+    paths: Sequence[str | Path],
+    *,
+    full_decode: bool,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> list[tuple[int, str]]:
+    """``(index, reason)`` of each unreadable image of ``paths``, in order.
+
+    Threads read the images (the work is file I/O) in chunks of ``CHECK_CHUNK``; at most
+    ``CHUNKS_PER_THREAD`` chunks per thread are queued at a time, so what the check holds is
+    bounded by the threads, not by ``len(paths)`` (one future per file took ~2 KB a file)."""
+    threads = threads or check_threads()
+
+    def check(start: int) -> list[tuple[int, str]]:
+        found = []
+        for k in range(start, min(start + CHECK_CHUNK, len(paths))):
+            why = image_problem(paths[k], full_decode=full_decode)
+            if why is not None:
+                found.append((k, why))
+        return found
+
+    found: list[tuple[int, str]] = []
+    starts = range(0, len(paths), CHECK_CHUNK)
+    if len(paths) <= CHECK_CHUNK or threads == 1:
+        for start in starts:
+            found += check(start)
+            if progress is not None:
+                progress.update(min(CHECK_CHUNK, len(paths) - start))
+        return found
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+
+        def collect() -> None:
+            start, future = pending.popleft()
+            found.extend(future.result())
+            if progress is not None:
+                progress.update(min(CHECK_CHUNK, len(paths) - start))
+
+        for start in starts:
+            if len(pending) >= threads * CHUNKS_PER_THREAD:
+                collect()
+            pending.append((start, pool.submit(check, start)))
+        while pending:
+            collect()
+    return found
+
+
+def find_unreadable(
+    paths: Sequence[str | Path], *, full_decode: bool, progress: Progress | None = None
+) -> list[tuple[str | Path, str]]:
+    """``(path, reason)`` of each unreadable image, in order (``unreadable_images``)."""
+    return [
+        (paths[k], why)
+        for k, why in unreadable_images(paths, full_decode=full_decode, progress=progress)
+    ]
 
 
 def open_image_folder(
@@ -170,33 +286,45 @@ def open_image_folder(
     *,
     id_classnames: Sequence[str] | None = None,
     check: bool = False,
+    listing: ImageFolderListing | None = None,
 ) -> FileImageDataset:
-    """The images of ``spec`` (an ``imagefolder:`` spec), selected. The files are listed, as
-    torchvision's ImageFolder does; an unreadable image is found where it is decoded. With
-    ``check`` (the driver's preflight, once per search) every selected image's header is read
-    now, or with ``skip_corrupt`` the whole image, and unreadable ones fail here or are left out
-    (``dataset.skipped``)."""
-    scan = scan_image_folder(spec.location, classnames_file=spec.classnames_file)
+    """The images of ``spec`` (an ``imagefolder:`` spec), selected. The files are those of
+    ``listing`` (made by ``list_image_folder`` of this root, earlier), else listed now, as
+    torchvision's ImageFolder does; an unreadable image is found where it is decoded (a file
+    listed but gone since fails there, named). With ``check`` (the driver's preflight, once per
+    search) every selected image's header is read now, or with ``skip_corrupt`` the whole image,
+    and unreadable ones fail here or are left out (``dataset.skipped``)."""
+    root = str(folder_root(spec.location))
+    if listing is None:
+        listing = list_image_folder(root)
+    elif listing.root != root:
+        raise DataError(f"{spec}: the listing given is of {listing.root}, not of {root}")
+    classnames = folder_classnames(root, listing.folders, spec.classnames_file)
     indices, labels, classnames = select_samples(
-        spec, scan.labels, scan.classnames, id_classnames=id_classnames, aliases=scan.folders
+        spec, listing.labels, classnames, id_classnames=id_classnames, aliases=listing.folders
     )
-    paths = [scan.paths[i] for i in indices]
+    paths = listing.paths(indices)
+    del indices
     if not check:
         return FileImageDataset(
             paths, labels, classnames, transform, skip_corrupt=spec.skip_corrupt
         )
-    unreadable = find_unreadable(paths, full_decode=spec.skip_corrupt)
+    progress = Progress(f"checking images of {spec}", len(paths), "images", out=say)
+    unreadable = unreadable_images(paths, full_decode=spec.skip_corrupt, progress=progress)
+    progress.finish()
     if unreadable and not spec.skip_corrupt:
-        path, why = unreadable[0]
-        raise DataError(f"cannot read image {path}: {why}")
-    bad = {p for p, _ in unreadable}
-    keep = [k for k, p in enumerate(paths) if p not in bad]
-    if not keep:
+        k, why = unreadable[0]
+        raise DataError(f"cannot read image {paths[k]}: {why}")
+    if not unreadable:
+        return FileImageDataset(paths, labels, classnames, transform)
+    keep = np.ones(len(paths), dtype=bool)
+    keep[[k for k, _ in unreadable]] = False
+    if not keep.any():
         raise DataError(f"{spec}: every selected image is unreadable")
     return FileImageDataset(
-        [paths[k] for k in keep],
+        [p for p, kept in zip(paths, keep) if kept],
         labels[keep],
         classnames,
         transform,
-        skipped=[str(p) for p, _ in unreadable],
+        skipped=[paths[k] for k, _ in unreadable],
     )
