@@ -1,7 +1,8 @@
 """Checks run on the driver before any trial starts, so that bad input fails in seconds with one
 clear line instead of inside every trial's workers: every model the search space can produce
 (architecture, weights: loaded once, keys, shapes and values checked), every dataset (paths, class
-folders, class names, every image's header), the separation of the datasets with local paths
+folders, class names, every image's header: each folder walked once, headers read by a bounded
+pool of threads with progress), the separation of the datasets with local paths
 compared by what they name on disk, the ID class prompts with each model's tokenizer (they fit its
 context, no two classes read the same), the global batch against the workers and the ID train set,
 and the NegLabel corpus (mining keeps some word)."""
@@ -15,11 +16,13 @@ from typing import Any
 
 from raymmft.config import Config
 from raymmft.data import (
+    list_datasets,
     open_dataset,
     per_worker_batch,
     require_id_classes,
     require_same_classes,
 )
+from raymmft.data.imagefolder import ImageFolderListing
 from raymmft.data.spec import real_source
 from raymmft.errors import ConfigError, DataError, ModelError
 from raymmft.model import check_model_spec, check_weights_file, text_tokenizer
@@ -103,7 +106,9 @@ def check_neglabel(cfg: Config, classnames: Sequence[str]) -> None:
             raise ConfigError(f"eval.neglabel.corpus {settings.corpus}: {exc}") from None
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config) -> dict[str, ImageFolderListing]:
+    """Every check (module docstring); returns the listing of each ImageFolder root the datasets
+    read (each walked once), for the search to store (``raymmft.data.listing.write_listings``)."""
     for arch, pretrained, field in _models(cfg):
         try:
             check_model(arch, pretrained)
@@ -114,7 +119,9 @@ def preflight(cfg: Config) -> None:
             raise ConfigError(f"search.space: {field} can be {value!r}: {exc}") from None
     per_worker_batch(cfg.train.batch_size, cfg.resources.num_workers)
     check_sources(cfg)
-    train = open_dataset(cfg.data.id_train, None, check=True)
+    d = cfg.data
+    listings = list_datasets([d.id_train, d.id_val, *d.ood_val, *d.ood_test])
+    train = open_dataset(cfg.data.id_train, None, check=True, listings=listings)
     require_id_classes(train, f"data.id_train ({cfg.data.id_train})")
     check_prompts(cfg, train.classnames, f"data.id_train ({cfg.data.id_train})")
     if len(train) < cfg.train.batch_size:
@@ -127,10 +134,13 @@ def preflight(cfg: Config) -> None:
         *((f"data.ood_val[{i}]", s) for i, s in enumerate(cfg.data.ood_val)),
         *((f"data.ood_test[{i}]", s) for i, s in enumerate(cfg.data.ood_test)),
     ]:
-        dataset = open_dataset(spec, None, id_classnames=train.classnames, check=True)
+        dataset = open_dataset(
+            spec, None, id_classnames=train.classnames, check=True, listings=listings
+        )
         if len(dataset) == 0:
             raise DataError(f"{where} ({spec}) holds no images")
         if where == "data.id_val":
             require_same_classes(dataset, train.classnames, f"{where} ({spec})", "data.id_train")
     if "neglabel" in cfg.eval.scores:
         check_neglabel(cfg, train.classnames)
+    return listings

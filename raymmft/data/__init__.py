@@ -13,6 +13,9 @@ from raymmft.data.spec import DataConfig, DatasetSpec
 
 _LAZY = {
     "open_dataset": "raymmft.data.loading",
+    "classnames_of": "raymmft.data.loading",
+    "list_datasets": "raymmft.data.listing",
+    "write_listings": "raymmft.data.listing",
     "build_loader": "raymmft.data.loading",
     "loader_workers": "raymmft.data.loading",
     "per_worker_batch": "raymmft.data.loading",

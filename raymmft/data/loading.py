@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +20,12 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from raymmft.data import digits, shapes
 from raymmft.data.dataset import ArrayImageDataset, LabeledImageDataset
-from raymmft.data.selection import select_samples
+from raymmft.data.selection import select_classes, select_samples
 from raymmft.data.spec import DatasetSpec
 from raymmft.errors import ConfigError, DataError, short_list
+
+if TYPE_CHECKING:
+    from raymmft.data.listing import Listings
 
 
 def open_shapes(spec: DatasetSpec, transform, *, id_classnames=None) -> ArrayImageDataset:
@@ -59,6 +63,7 @@ def open_dataset(
     id_classnames: Sequence[str] | None = None,
     check: bool = False,
     check_all: bool = False,
+    listings: Listings | None = None,
 ) -> LabeledImageDataset:
     """Open one dataset: ``dataset[i] == (transform(pil_rgb_image), label)``.
 
@@ -67,7 +72,8 @@ def open_dataset(
     sets they are the set's own class indices, which OoD scoring ignores. ``check`` (the driver's
     preflight) reads file-backed images now: every ImageFolder file's header, a sample of Parquet
     row groups (every one with ``check_all`` or ``skip_corrupt``); otherwise images are read when
-    used.
+    used. An ImageFolder whose root has a listing in ``listings`` (``raymmft.data.listing``) is
+    opened from it, without walking the folder.
     """
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.model_validate(spec)
@@ -77,13 +83,54 @@ def open_dataset(
         return open_digits(spec, transform, id_classnames=id_classnames)
     if spec.kind == "imagefolder":
         from raymmft.data.imagefolder import open_image_folder
+        from raymmft.data.listing import listing_of
 
-        return open_image_folder(spec, transform, id_classnames=id_classnames, check=check)
+        return open_image_folder(
+            spec,
+            transform,
+            id_classnames=id_classnames,
+            check=check,
+            listing=listing_of(spec, listings),
+        )
     from raymmft.data.parquet import open_parquet
 
     return open_parquet(
         spec, transform, id_classnames=id_classnames, check=check, check_all=check_all
     )
+
+
+def classnames_of(
+    spec: DatasetSpec | str | Mapping,
+    *,
+    id_classnames: Sequence[str] | None = None,
+    listings: Listings | None = None,
+) -> list[str]:
+    """``open_dataset(spec, None, id_classnames=...).classnames`` without listing or reading any
+    image: builtins name their classes, an ImageFolder's come from its class folders (one listing
+    of the root, or its listing in ``listings``) and ``classnames_file``, a Parquet set's from its
+    schema. What only opening finds (an empty class folder, a selection without samples, an
+    unreadable image) is the preflight's to find."""
+    if not isinstance(spec, DatasetSpec):
+        spec = DatasetSpec.model_validate(spec)
+    if spec.kind in ("shapes", "digits"):
+        classnames = list(spec.builtin_classes(id_classnames))
+        if not classnames:  # as the openers say it
+            what = "classes (every concept is an ID class)" if spec.kind == "shapes" else "samples"
+            raise DataError(f"{spec}: the selection holds no {what}")
+        return classnames
+    aliases = None
+    if spec.kind == "imagefolder":
+        from raymmft.data.imagefolder import class_folders, folder_classnames
+        from raymmft.data.listing import listing_folders, listing_key
+
+        aliases = listing_folders(spec, listings) or class_folders(listing_key(spec))
+        source = folder_classnames(listing_key(spec), aliases, spec.classnames_file)
+    else:
+        from raymmft.data.parquet import read_parquet_classnames
+
+        source = read_parquet_classnames(spec.location, classnames_file=spec.classnames_file)
+    ids = select_classes(spec, source, id_classnames=id_classnames, aliases=aliases)
+    return [source[k] for k in ids]
 
 
 def require_id_classes(dataset: LabeledImageDataset, where: str) -> None:
