@@ -146,13 +146,26 @@ def check_experiment_dir(cfg: Config, *, resume: bool) -> Location:
     return exp
 
 
-def hold_experiment(cfg: Config, *, resume: bool, command: str) -> ExperimentLease:
-    """The experiment directory, checked (a new one does not exist, a resumed one does) and
-    held by this driver (``raymmft.lease``) until the command ends: use it as a context manager
-    around everything the command writes. A start that fails or is interrupted before its
-    search holds results (``lease.started``) removes the directory it created."""
+def hold_experiment(
+    cfg: Config, *, resume: bool, command: str, address: str | None = None, preflight: bool = True
+) -> ExperimentLease:
+    """Every check of the input that can fail before anything is written (the Optuna storage,
+    the preflight, whether a trial fits this machine), then the experiment directory, checked
+    (a new one does not exist, a resumed one does) and held by this driver (``raymmft.lease``)
+    until the command ends: use it as a context manager around everything the command writes.
+    A start that fails or is interrupted before its search holds results (``lease.started``)
+    removes the directory it created."""
     from raymmft.cluster import check_local_writable
 
+    if cfg.search.optuna_storage:  # an RDB URL that cannot be opened fails before Ray starts
+        open_study_storage(cfg.search.optuna_storage)
+    if preflight:
+        from raymmft.preflight import preflight as check_inputs
+
+        check_inputs(cfg)
+    if not joins_cluster(address):  # checked before Ray starts here
+        for variant in resource_variants(cfg):
+            concurrent_trials(variant, local_resources())
     if cfg.storage.location.is_local:  # its own message, before the lease is written there
         check_local_writable(cfg.storage.location)
     lease = ExperimentLease(cfg.storage.experiment, command=command)
@@ -163,23 +176,15 @@ def hold_experiment(cfg: Config, *, resume: bool, command: str) -> ExperimentLea
     return lease
 
 
-def start_run(
-    cfg: Config, *, address: str | None, resume: bool, preflight: bool
-) -> tuple[Location, int]:
-    """Every check that can fail before a trial starts, then Ray: (experiment directory, trials
-    that fit at once). The caller holds the experiment (``hold_experiment``)."""
+def start_run(cfg: Config, *, address: str | None) -> tuple[Location, int]:
+    """Ray, and the checks that need it: (experiment directory, trials that fit at once). The
+    caller holds the experiment (``hold_experiment``), whose checks ran first."""
     from raymmft.cluster import check_storage, cluster_summary
 
     exp = cfg.storage.experiment
-    if preflight:
-        from raymmft.preflight import preflight as check_inputs
-
-        check_inputs(cfg)
     storage = cfg.storage.location
     variants = resource_variants(cfg)
-    if not joins_cluster(address):  # checked before Ray starts here
-        for variant in variants:
-            concurrent_trials(variant, local_resources())
+    if not joins_cluster(address):
         check_storage(storage, num_nodes=1, shared=cfg.storage.shared)
     init_ray(address)
     cluster = cluster_summary(ray)
@@ -199,14 +204,11 @@ def run_search(
     *,
     address: str | None = None,
     resume: bool = False,
-    preflight: bool = True,
 ):
     """Run (or resume) the search in the experiment ``lease`` holds; return Ray's
     ``ResultGrid``. ``--resume`` of a start that was interrupted before Tune wrote its state
     (during the preparation step) starts the search."""
-    if cfg.search.optuna_storage:  # an RDB URL that cannot be opened fails before Ray starts
-        open_study_storage(cfg.search.optuna_storage)
-    exp, max_concurrent = start_run(cfg, address=address, resume=resume, preflight=preflight)
+    exp, max_concurrent = start_run(cfg, address=address)
     # A failed trial is one line at the search's end and its traceback in its error.txt; Tune's
     # controller would print each one's traceback as it happens.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
@@ -339,12 +341,10 @@ def run_confirmation(cfg: Config, exp: Location, negatives: str | None, max_conc
 # ---------------------------------------------------------------- one run, no search
 
 
-def run_train(
-    cfg: Config, lease: ExperimentLease, *, address: str | None = None, preflight: bool = True
-):
+def run_train(cfg: Config, lease: ExperimentLease, *, address: str | None = None):
     """One fine-tuning run at the config's fixed values, in the experiment ``lease`` holds;
     returns Ray Train's ``Result``."""
-    exp, _ = start_run(cfg, address=address, resume=False, preflight=preflight)
+    exp, _ = start_run(cfg, address=address)
     negatives = run_preparation(cfg, exp)
     lease.started = True
     try:

@@ -85,7 +85,14 @@ def test_classnames_file_names_the_classes(folder, tmp_path):
 
 
 def test_imagenet_wnid_folders_get_open_clip_names(tmp_path):
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES as OPEN_CLIP_NAMES
+
+    from raymmft.text import imagenet_classnames
+
+    IMAGENET_CLASSNAMES = imagenet_classnames()
+    # open_clip's list with its two repeated names told apart (else two prompts are one)
+    differ = [i for i, (a, b) in enumerate(zip(IMAGENET_CLASSNAMES, OPEN_CLIP_NAMES)) if a != b]
+    assert differ == [744, 836] and len(set(IMAGENET_CLASSNAMES)) == 1000
 
     png = tmp_path / "tiny.png"
     Image.new("RGB", (4, 4), (1, 2, 3)).save(png)

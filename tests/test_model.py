@@ -36,7 +36,7 @@ def test_tiny_forward_backward_and_temperature(tiny):
     assert tiny.image_size == 32
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07), rel=1e-6)
     images = torch.randn(4, 3, 32, 32)
-    tokens = tokenize_class_prompts(tiny.tokenizer, ["cat", "dog", "cat", "bird"])
+    tokens = tokenize_class_prompts(tiny.tokenizer, ["cat", "dog", "fish", "bird"])
     assert tokens.shape == (4, 24)
     loss = cma_loss(
         model.encode_image(images), model.encode_text(tokens), model.logit_scale.exp(), 0.1

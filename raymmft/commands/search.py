@@ -88,7 +88,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_for_run(args)
     from raymmft.search import hold_experiment
 
-    with hold_experiment(cfg, resume=bool(args.resume), command=command_line()) as lease:
+    held = hold_experiment(
+        cfg,
+        resume=bool(args.resume),
+        command=command_line(),
+        address=args.address,
+        preflight=args.preflight,
+    )
+    with held as lease:
         return _search(args, cfg, lease)
 
 
@@ -105,7 +112,7 @@ def _search(args: argparse.Namespace, cfg, lease) -> int:
     from raymmft.results.experiment import read_experiment
     from raymmft.search import run_search
 
-    run_search(cfg, lease, address=args.address, resume=bool(args.resume), preflight=args.preflight)
+    run_search(cfg, lease, address=args.address, resume=bool(args.resume))
     exp = read_experiment(cfg.storage.experiment)
     confirmation = exp.confirmation
     pending = exp.unfinished() + (confirmation.unfinished() if confirmation else [])

@@ -17,8 +17,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_for_run(args, search=False)
     from raymmft.search import hold_experiment, run_train
 
-    with hold_experiment(cfg, resume=False, command=command_line()) as lease:
-        result = run_train(cfg, lease, address=args.address, preflight=args.preflight)
+    held = hold_experiment(
+        cfg, resume=False, command=command_line(), address=args.address, preflight=args.preflight
+    )
+    with held as lease:
+        result = run_train(cfg, lease, address=args.address)
         print_train_summary(cfg, result)
     return 0
 
