@@ -23,6 +23,7 @@ from raymmft.data import (
     require_same_classes,
 )
 from raymmft.data.imagefolder import ImageFolderListing
+from raymmft.data.listing import data_specs
 from raymmft.data.spec import real_source
 from raymmft.errors import ConfigError, DataError, ModelError
 from raymmft.model import check_model_spec, check_weights_file, text_tokenizer
@@ -119,8 +120,7 @@ def preflight(cfg: Config) -> dict[str, ImageFolderListing]:
             raise ConfigError(f"search.space: {field} can be {value!r}: {exc}") from None
     per_worker_batch(cfg.train.batch_size, cfg.resources.num_workers)
     check_sources(cfg)
-    d = cfg.data
-    listings = list_datasets([d.id_train, d.id_val, *d.ood_val, *d.ood_test])
+    listings = list_datasets(data_specs(cfg.data))
     train = open_dataset(cfg.data.id_train, None, check=True, listings=listings)
     require_id_classes(train, f"data.id_train ({cfg.data.id_train})")
     check_prompts(cfg, train.classnames, f"data.id_train ({cfg.data.id_train})")

@@ -20,6 +20,7 @@ from raymmft.data.listing import (
     listing_bytes,
     listing_name,
     read_listing,
+    stored_listings,
     write_listing,
     write_listings,
 )
@@ -306,6 +307,9 @@ def test_each_root_is_listed_once_and_stored_once(folder, tmp_path, monkeypatch)
     assert {p: os.stat(directory / p).st_mtime_ns for p in os.listdir(directory)} == before
     # without the preflight's listings, a root is walked once here
     assert write_listings(specs, tmp_path / "fresh") is not None and len(calls) == 4
+    # the final evaluation finds what the search stored, without a walk
+    assert stored_listings(specs, directory) == uris and len(calls) == 4
+    assert stored_listings(specs, tmp_path / "none") == {}
 
 
 def test_a_listing_in_a_bucket(folder, s3, monkeypatch):

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raymmft.data.imagefolder import ImageFolderListing, folder_root, list_image_folder
-from raymmft.data.spec import DatasetSpec
+from raymmft.data.spec import DataConfig, DatasetSpec
 from raymmft.errors import DataError
 from raymmft.storage import Location
 
@@ -40,6 +40,11 @@ LISTINGS_DIR = "listings"  # under the experiment's prepared/ folder
 # what ``open_dataset`` and ``classnames_of`` take: an ImageFolder root -> its listing, in memory
 # or as the location of a stored one
 Listings = Mapping[str, "ImageFolderListing | Location | str"]
+
+
+def data_specs(data: DataConfig) -> list[DatasetSpec]:
+    """Every dataset of a config's ``data`` section: what a search lists."""
+    return [data.id_train, data.id_val, *data.ood_val, *data.ood_test]
 
 
 def listing_key(spec: DatasetSpec) -> str | None:
@@ -122,6 +127,18 @@ def write_listings(
             listing = (listed or {}).get(key) or list_image_folder(key)
             write_listing(listing, target)
         out[key] = target.uri
+    return out
+
+
+def stored_listings(specs: Iterable[DatasetSpec], directory: str | Location) -> dict[str, str]:
+    """``{root: listing URI}`` of the listings ``write_listings`` stored in ``directory`` for the
+    ImageFolder roots among ``specs`` (a root without one is left out: opening it walks)."""
+    directory = Location.parse(directory)
+    out: dict[str, str] = {}
+    for spec in specs:
+        key = listing_key(spec)
+        if key is not None and key not in out and directory.join(listing_name(key)).is_file():
+            out[key] = directory.join(listing_name(key)).uri
     return out
 
 
