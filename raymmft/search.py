@@ -210,10 +210,13 @@ def run_search(
     (during the preparation step) starts the search."""
     exp, max_concurrent = start_run(cfg, address=address)
     # A failed trial is one line at the search's end and its traceback in its error.txt; Tune's
-    # controller would print each one's traceback as it happens.
+    # controller would print each one's traceback as it happens. A storage that fails is one
+    # line at the end too (STORAGE_FAULTS), not a traceback per state write that fails.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
     negatives = run_preparation(cfg, exp)
-    trainable = _trainable(trial_driver, cfg, negatives)
+    faults = StorageFaults()
+    trainable = _trainable(trial_driver, cfg, negatives, faults.queue)
     lease.started = True
     if resume and tune.Tuner.can_restore(exp.uri):
         try:
@@ -237,11 +240,13 @@ def run_search(
             ),
             run_config=_run_config(cfg.storage.name, cfg.storage.location),
         )
-    grid = fit_tuner(tuner)
+    with faults:
+        grid = fit_tuner(tuner)
     from raymmft.results.experiment import read_experiment
 
-    if not read_experiment(exp).unfinished():
-        run_confirmation(cfg, exp, negatives, max_concurrent)
+    if not faults.seen and not read_experiment(exp).unfinished():
+        with faults:
+            run_confirmation(cfg, exp, negatives, max_concurrent, faults.queue)
     return grid
 
 
@@ -257,12 +262,59 @@ def fit_tuner(tuner: tune.Tuner):
             signal.signal(signal.SIGINT, handler)
 
 
-def _trainable(driver, cfg: Config, negatives: str | None):
-    """A Tune trainable of ``driver`` with the config and the prepared negatives; it takes no
-    CPU (it only waits for its TorchTrainer)."""
+def _trainable(driver, cfg: Config, negatives: str | None, faults=None):
+    """A Tune trainable of ``driver`` with the config, the prepared negatives and the queue of
+    storage faults; it takes no CPU (it only waits for its TorchTrainer)."""
     return tune.with_resources(
-        tune.with_parameters(driver, base=cfg, negatives=negatives), {"cpu": 0, "memory": 1}
+        tune.with_parameters(driver, base=cfg, negatives=negatives, faults=faults),
+        {"cpu": 0, "memory": 1},
     )
+
+
+# What stopped the search, when its storage failed (full, read-only, gone): one line per fault.
+STORAGE_FAULTS: list[str] = []
+
+
+class StorageFaults:
+    """The queue on which trials put a fault of the experiment's storage, and, while a fit runs
+    (``with faults:``), a thread that stops the search at the first one as Ctrl-C does (Tune
+    keeps its state, the trials stay unfinished) and keeps it in ``STORAGE_FAULTS``."""
+
+    def __init__(self):
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def seen(self) -> bool:
+        return bool(STORAGE_FAULTS)
+
+    def _watch(self) -> None:
+        from ray.util.queue import Empty
+
+        while not self._done.is_set():
+            try:
+                fault = self.queue.get(timeout=0.5)
+            except Empty:
+                continue
+            except Exception:  # the queue's actor is gone: Ray is shutting down
+                return
+            if not STORAGE_FAULTS:
+                signal.raise_signal(signal.SIGINT)  # runs Tune's handler in the main thread
+            STORAGE_FAULTS.append(fault)
+
+    def __enter__(self) -> StorageFaults:
+        self._done.clear()
+        self._thread = threading.Thread(target=self._watch, name="storage-faults", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 def _run_config(name: str, storage: Location) -> tune.RunConfig:
@@ -271,11 +323,90 @@ def _run_config(name: str, storage: Location) -> tune.RunConfig:
         storage_path=storage.uri,
         verbose=1,
         # a trial's Tune checkpoint is its progress (raymmft.trial.TrialProgress): the latest
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # (and two spares: Tune's state on storage may name one that is a little older)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         # Tune's own TensorBoard logger would write a second HParams entry per trial that
         # TensorBoard may pick over the trial's own (tensorboard/<trial_id>); keep JSON/CSV.
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+        callbacks=[
+            JsonLoggerCallback(),
+            CSVLoggerCallback(),
+            TuneStateCopy(storage.join(name).uri),
+        ],
     )
+
+
+# raymmft's copy of Tune's newest state (``TuneStateCopy``): what --resume restores when a full
+# or failing storage cut Tune's own file off
+STATE_COPY_FILE = ".raymmft-tune-state.json"
+
+
+class TuneStateCopy(tune.Callback):
+    """Keeps a copy of Tune's newest ``experiment_state-*.json`` that parses, written atomically
+    beside it after the trials' results (at most every 2 s). Tune overwrites its state file in
+    place, so a storage that fills up or fails mid-write leaves it cut off; the copy is then
+    the last whole one (``restore_tune_state``)."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self._copied: str | None = None
+        self._last = 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._copy()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._copy(force=True)
+
+    def on_experiment_end(self, trials, **info):
+        self._copy(force=True)
+
+    def _copy(self, force: bool = False) -> None:
+        import time
+
+        from raymmft.errors import StorageError
+        from raymmft.results.experiment import NotTuneState, newest_state, parse_tune_state
+
+        if not force and time.monotonic() - self._last < 2.0:
+            return
+        self._last = time.monotonic()
+        try:
+            exp = Location.parse(self.experiment)
+            newest = newest_state(exp.children())
+            if newest is None:
+                return
+            text = exp.join(newest).read_text()
+            if text == self._copied:
+                return
+            parse_tune_state(text)
+            exp.join(STATE_COPY_FILE).write_text(json.dumps({"file": newest, "state": text}))
+            self._copied = text
+        except (StorageError, NotTuneState, ValueError, OSError):
+            pass  # a state being written or a failing storage: the copy stays the last whole one
+
+
+def restore_tune_state(experiment: str) -> str | None:
+    """When the newest Tune state of ``experiment`` is cut off (not JSON) and raymmft's copy
+    (``TuneStateCopy``) is whole, put the copy in its place; returns what was done, for a note."""
+    from raymmft.errors import StorageError
+    from raymmft.results.experiment import NotTuneState, newest_state, parse_tune_state
+
+    try:
+        exp = Location.parse(experiment)
+        names = exp.children()
+        newest = newest_state(names)
+        if newest is None or STATE_COPY_FILE not in names:
+            return None
+        try:
+            json.loads(exp.join(newest).read_text())
+            return None  # whole: Tune restores it
+        except ValueError:
+            pass
+        copy = json.loads(exp.join(STATE_COPY_FILE).read_text())
+        parse_tune_state(copy["state"])
+        exp.join(newest).write_text(copy["state"])
+    except (StorageError, NotTuneState, ValueError, KeyError, TypeError, OSError):
+        return None  # check_resumable says what is wrong
+    return f"Tune's state {newest} was cut off; restored raymmft's copy of it ({copy['file']})"
 
 
 def confirmation_runs(cfg: Config, exp: Location) -> list[dict]:
@@ -307,7 +438,9 @@ def confirmation_runs(cfg: Config, exp: Location) -> list[dict]:
     return runs
 
 
-def run_confirmation(cfg: Config, exp: Location, negatives: str | None, max_concurrent: int):
+def run_confirmation(
+    cfg: Config, exp: Location, negatives: str | None, max_concurrent: int, faults=None
+):
     """Train the top trials again with further seeds (``search.confirm``), as trials are: Ray
     Train runs on the same resources, as many at once as fit, in a Tune experiment of their own
     (``<experiment>/confirm``) that ``--resume`` continues without training a finished run again."""
@@ -316,7 +449,7 @@ def run_confirmation(cfg: Config, exp: Location, negatives: str | None, max_conc
     if not cfg.search.confirm.top_k:
         return None
     location = exp.join(CONFIRM_DIR)
-    trainable = _trainable(confirm_driver, cfg, negatives)
+    trainable = _trainable(confirm_driver, cfg, negatives, faults)
     if tune.Tuner.can_restore(location.uri):
         print(f"confirmation: resuming {location}")
         tuner = tune.Tuner.restore(

@@ -19,6 +19,7 @@ Pure: pyarrow only (no torch, no Ray), so the results layer can use it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
@@ -339,8 +340,14 @@ class Location:
             target = self.fs_path
             if self.is_local:
                 target = f"{self.fs_path}.{uuid.uuid4().hex[:8]}.tmp"
-            with fs.open_output_stream(target) as f:
-                f.write(data)
+            try:
+                with fs.open_output_stream(target) as f:
+                    f.write(data)
+            except BaseException:
+                if target != self.fs_path:  # a full disk leaves no partial temporary file
+                    with contextlib.suppress(OSError):
+                        fs.delete_file(target)
+                raise
             if target != self.fs_path:
                 fs.move(target, self.fs_path)
         except (OSError, ValueError) as exc:

@@ -122,25 +122,43 @@ def make_trainer(
     )
 
 
-def trial_driver(params: dict, *, base: Config, negatives: str | None) -> None:
+def trial_driver(params: dict, *, base: Config, negatives: str | None, faults=None) -> None:
     """The Tune function trainable of one trial: fit a TorchTrainer with this trial's config."""
     trial_id = tune.get_context().get_trial_id()
-    _fit_trial(apply_trial_params(base, flatten_fields(params)), trial_id, trial_id, negatives)
+    cfg = apply_trial_params(base, flatten_fields(params))
+    _fit_trial(cfg, trial_id, trial_id, negatives, faults)
 
 
-def confirm_driver(config: dict, *, base: Config, negatives: str | None) -> None:
+def confirm_driver(config: dict, *, base: Config, negatives: str | None, faults=None) -> None:
     """The Tune function trainable of one confirmation run: a search's trial (``run.params``,
     dotted) trained again with another ``train.seed`` (``run.seed``); its TensorBoard run is
     ``<candidate>-seed<seed>``."""
     run = config["run"]
     cfg = apply_trial_params(base, {**run["params"], "train.seed": run["seed"]})
     trial_id = tune.get_context().get_trial_id()
-    _fit_trial(cfg, trial_id, f"{run['candidate']}-seed{run['seed']}", negatives)
+    _fit_trial(cfg, trial_id, f"{run['candidate']}-seed{run['seed']}", negatives, faults)
 
 
-def _fit_trial(cfg: Config, trial_id: str, run_name: str, negatives: str | None) -> None:
+def _fit_trial(
+    cfg: Config, trial_id: str, run_name: str, negatives: str | None, faults=None
+) -> None:
     """Fit the trial's TorchTrainer (with restarts) in a thread and report what it forwards to
-    Tune from this one, each report with the trial's progress as a Tune checkpoint."""
+    Tune from this one, each report with the trial's progress as a Tune checkpoint. A fault of
+    the experiment's storage (full, read-only, gone) is not the trial's: it is put on
+    ``faults`` (the search then stops as on Ctrl-C, ``raymmft.search``) and the trial waits
+    to be stopped, unfinished, so that ``--resume`` continues it once the storage is fixed."""
+    try:
+        _fit_and_report(cfg, trial_id, run_name, negatives)
+    except BaseException as exc:
+        fault = storage_fault(exc, cfg.storage.location)
+        if fault is None or faults is None:
+            raise
+        faults.put(f"trial {trial_id}: {fault}")
+        while True:  # stopped by the search (it is interrupted): the trial stays unfinished
+            time.sleep(1)
+
+
+def _fit_and_report(cfg: Config, trial_id: str, run_name: str, negatives: str | None) -> None:
     exp = cfg.storage.experiment
     progress = TrialProgress.restore(tune.get_checkpoint())
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
@@ -161,6 +179,7 @@ def _fit_trial(cfg: Config, trial_id: str, run_name: str, negatives: str | None)
                 ),
                 cfg.resources.max_failures,
                 what=f"trial {trial_id}",
+                storage=cfg.storage.location,
             )
         except BaseException as exc:  # raised again in the trial's own thread
             outcome["error"] = exc
@@ -227,7 +246,37 @@ class TrialProgress:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def fit_with_restarts(build, max_failures: int, *, what: str):
+# errno values that are the storage's fault wherever they happen, and those that are when the
+# message names the storage (a missing or unreadable dataset file is bad input instead)
+STORAGE_ERRNOS = {28: "no space left", 30: "read-only", 122: "quota exceeded"}
+STORAGE_PATH_ERRNOS = {2: "missing", 5: "I/O error", 13: "permission denied"}
+OBJECT_STORE_FAULTS = (
+    "NETWORK_CONNECTION",
+    "curlCode: 7",
+    "Couldn't connect",
+    "Connection refused",
+)
+
+
+def storage_fault(exc: BaseException, storage: Location) -> str | None:
+    """The one-line description of ``exc`` when it is a fault of the results storage (or one
+    of its messages mentions one), else ``None``."""
+    import re
+
+    failures = getattr(exc, "worker_failures", None) or {}
+    text = "\n".join([str(exc), *(str(e) for e in failures.values())])
+    for match in re.finditer(r"\[Errno (\d+)\]", text):
+        code = int(match.group(1))
+        if code in STORAGE_ERRNOS or (code in STORAGE_PATH_ERRNOS and storage.path in text):
+            line = next(ln for ln in text.splitlines() if match.group(0) in ln)
+            return f"storage {storage}: {line.strip()[:300]}"
+    if storage.is_object_store and any(s in text for s in OBJECT_STORE_FAULTS):
+        line = next(ln for ln in text.splitlines() if any(s in ln for s in OBJECT_STORE_FAULTS))
+        return f"storage {storage} cannot be reached: {line.strip()[:300]}"
+    return None
+
+
+def fit_with_restarts(build, max_failures: int, *, what: str, storage: Location | None = None):
     """Fit ``build()``'s trainer; after a worker failure, fit a new one with the same run name,
     which resumes from the run's latest checkpoint, at most ``max_failures`` times. A
     non-finite loss fails at once (it would fail the same way again). Raises
@@ -238,6 +287,9 @@ def fit_with_restarts(build, max_failures: int, *, what: str):
             return build().fit()
         except TrainingFailedError as exc:
             reason = failure_reason(exc)
+            faulty = storage is not None and storage_fault(exc, storage) is not None
+            if faulty:  # the storage's, not the trial's: restarting would fail the same way
+                raise
             if NON_FINITE in reason or failures >= max_failures:
                 # the reason first and last (its one line), the workers' tracebacks between
                 raise TrialFailedError(reason, str(exc).strip()) from None

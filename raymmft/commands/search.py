@@ -49,6 +49,11 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
             raise ConfigError(
                 "--resume takes the experiment's saved config: drop CONFIG, --set, --name and --storage"
             )
+        from raymmft.search import restore_tune_state
+
+        restored = restore_tune_state(args.resume)
+        if restored:
+            print(f"note: {restored}")
         if not unstarted(args.resume):  # else --resume starts the interrupted start's search
             from raymmft.results.experiment import check_resumable
 
@@ -110,7 +115,7 @@ def _search(args: argparse.Namespace, cfg, lease) -> int:
     from raymmft.cluster import TERMINATED
     from raymmft.errors import RunFailedError
     from raymmft.results.experiment import read_experiment
-    from raymmft.search import run_search
+    from raymmft.search import STORAGE_FAULTS, run_search
 
     run_search(cfg, lease, address=args.address, resume=bool(args.resume))
     exp = read_experiment(cfg.storage.experiment)
@@ -119,6 +124,11 @@ def _search(args: argparse.Namespace, cfg, lease) -> int:
     resume = f"raymmft search --resume {shlex.quote(exp.location.uri)}"
     if pending:
         stopped = f"with {len(pending)} unfinished trial(s); nothing is lost. Resume with: {resume}"
+        if STORAGE_FAULTS:
+            raise RunFailedError(
+                f"the search stopped: {STORAGE_FAULTS[0]}; {len(pending)} unfinished trial(s), "
+                f"nothing is lost. Once the storage is fixed, resume with: {resume}"
+            )
         if TERMINATED.is_set():
             raise RunFailedError(f"the search was stopped by SIGTERM {stopped}")
         print(f"search interrupted {stopped}")
