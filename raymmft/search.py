@@ -168,12 +168,45 @@ def hold_experiment(
             concurrent_trials(variant, local_resources())
     if cfg.storage.location.is_local:  # its own message, before the lease is written there
         check_local_writable(cfg.storage.location)
+        if resume:
+            check_free_space(cfg.storage.experiment)
     lease = ExperimentLease(cfg.storage.experiment, command=command)
     held = lease.read()
     if held is not None and not lease.is_stale(held):  # said before "already exists"
         raise ExperimentInUseError(lease.in_use(held))
     check_experiment_dir(cfg, resume=resume)
     return lease
+
+
+# room for the next checkpoints beyond the largest one an experiment holds: a resume that runs
+# out of space would cut Tune's files off as it rewrites them
+FREE_SPACE_MARGIN = 16 * 2**20
+
+
+def check_free_space(exp: Location) -> None:
+    """A resumed experiment on a local path has room for two more checkpoints of the size it
+    writes (a full disk cuts files off mid-write), else a one-line error before anything is
+    written."""
+    import shutil
+
+    from raymmft.results.experiment import TRAIN_RUNS_DIR
+
+    if not exp.local_path.is_dir():
+        return  # check_experiment_dir says so
+    runs = exp.local_path / TRAIN_RUNS_DIR
+    sizes = [
+        sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+        for checkpoint in runs.glob("*/checkpoint_*")
+        if checkpoint.is_dir()
+    ]
+    need = 2 * max(sizes, default=0) + FREE_SPACE_MARGIN
+    free = shutil.disk_usage(exp.local_path).free
+    if free < need:
+        raise RunFailedError(
+            f"storage {exp.parent} has {free / 2**20:.0f} MiB free, and a resumed search needs "
+            f"{need / 2**20:.0f} MiB (two checkpoints of {max(sizes, default=0) / 2**20:.0f} MiB "
+            "and a margin); free space, then resume"
+        )
 
 
 def start_run(cfg: Config, *, address: str | None) -> tuple[Location, int]:
