@@ -265,3 +265,89 @@ def test_sigterm_mid_training_then_ctrl_c_in_the_test_evaluation_then_resume(hom
     assert code == 0, log[-3000:]
     assert (exp / "test_evaluation.json").is_file()
     _assert_same_history(exp, reference["exp"])
+
+
+@pytest.fixture
+def small_disk(home):
+    """A 300 MiB tmpfs of the test's own for the storage (mounting needs CAP_SYS_ADMIN, which
+    the test machines have; elsewhere the test is skipped, saying why)."""
+    mount = home / "small-disk"
+    mount.mkdir(exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(mount: Path, leave_mib: int = 5) -> Path:
+    import shutil
+
+    filler = mount / "filler"
+    free = shutil.disk_usage(mount).free // 2**20
+    with filler.open("wb") as f:
+        for _ in range(max(0, free - leave_mib)):
+            f.write(b"\0" * 2**20)
+    return filler
+
+
+def test_a_full_then_read_only_storage_stops_the_search_in_one_line_and_it_resumes(
+    home, reference, small_disk
+):
+    """The storage fills up at epoch 2: one error line naming the fault and the resume
+    command, exit 1; a resume while it is still full is refused before it writes anything;
+    freed, the search resumes, and the storage turned read-only at epoch 3 stops it the same
+    way; writable again, it resumes and completes with every epoch once, as the reference."""
+    exp = small_disk / "faults"
+    resume = f"Once the storage is fixed, resume with: raymmft search --resume {exp}"
+
+    def epochs(n):
+        def reached():
+            found = list(exp.glob("trial_driver_*/result.json"))
+            return bool(found) and len(found[0].read_text().splitlines()) >= n
+
+        return reached
+
+    proc = _start(
+        home,
+        ["search", "mine.yaml", "--storage", str(small_disk), "--name", "faults"],
+        "full-1.log",
+    )
+    _wait_for(epochs(2), "two epochs", proc)
+    filler = _fill(small_disk)
+    code, log = _finish(proc, home, "full-1.log")
+    last = log.strip().splitlines()[-1]
+    assert code == 1, log[-3000:]
+    assert last.startswith("error: the search stopped: trial "), last
+    assert "No space left on device" in last and last.endswith(resume), last
+    assert "Traceback" not in log
+    # still full: refused, nothing rewritten
+    before = {p: p.read_bytes() for p in exp.rglob("*.json") if p.is_file()}
+    code, log = _finish(
+        _start(home, ["search", "--resume", str(exp)], "full-2.log"), home, "full-2.log"
+    )
+    assert code == 1
+    assert log.strip().splitlines()[-1].startswith(f"error: storage {small_disk} has ")
+    assert log.strip().splitlines()[-1].endswith("; free space, then resume")
+    assert {p: p.read_bytes() for p in exp.rglob("*.json") if p.is_file()} == before
+    filler.unlink()
+    # freed: resumed, and the storage turns read-only at epoch 3
+    proc = _start(home, ["search", "--resume", str(exp)], "full-3.log")
+    _wait_for(epochs(3), "three epochs", proc)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        code, log = _finish(proc, home, "full-3.log")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    last = log.strip().splitlines()[-1]
+    assert code == 1, log[-3000:]
+    assert "Read-only file system" in last and last.endswith(resume), last
+    code, log = _finish(
+        _start(home, ["search", "--resume", str(exp)], "full-4.log"), home, "full-4.log"
+    )
+    assert code == 0, log[-3000:]
+    _assert_same_history(exp, reference["exp"])
