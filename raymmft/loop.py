@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 import torch
 
 from raymmft.config import Config
-from raymmft.data import build_loader, loader_workers, open_dataset, per_worker_batch
+from raymmft.data import (
+    build_loader,
+    classnames_of,
+    loader_workers,
+    open_dataset,
+    per_worker_batch,
+)
 from raymmft.data.dataset import fill_unreadable
 from raymmft.data.spec import set_names
 from raymmft.evaluation import Evaluator
@@ -62,6 +68,7 @@ class RunInputs:
     tensorboard: Location | None = None
     cache: Location | None = None
     started_at: float | None = None
+    listings: dict[str, str] | None = None
 
 
 class Hooks:
@@ -98,6 +105,7 @@ def evaluator_for(
     cache: Location | None = None,
     classnames: list[str] | None = None,
     out=None,
+    listings: dict[str, str] | None = None,
 ) -> Evaluator:
     """The evaluator of a config: the ID validation set and the OoD validation sets (``on="val"``,
     what trials are scored on), or the OoD test sets (``on="test"``, the chosen configuration's
@@ -107,11 +115,11 @@ def evaluator_for(
     from raymmft.neglabel_corpus import resolve_corpus
 
     transform = bundle.preprocess_eval
-    if classnames is None:
-        classnames = open_dataset(cfg.data.id_train, None).classnames
+    if classnames is None:  # without listing the training images
+        classnames = classnames_of(cfg.data.id_train, listings=listings)
     specs = cfg.data.ood_val if on == "val" else cfg.data.ood_test
     ood = {
-        name: open_dataset(spec, transform, id_classnames=classnames)
+        name: open_dataset(spec, transform, id_classnames=classnames, listings=listings)
         for name, spec in zip(set_names(specs), specs)
     }
     neglabel = cfg.eval.neglabel
@@ -121,7 +129,7 @@ def evaluator_for(
         cfg.eval,
         bundle,
         classnames,
-        open_dataset(cfg.data.id_val, transform, id_classnames=classnames),
+        open_dataset(cfg.data.id_val, transform, id_classnames=classnames, listings=listings),
         ood,
         device=device,
         rank=rank,
@@ -253,7 +261,7 @@ def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
     if cfg.train.grad_checkpointing:
         bundle.model.set_grad_checkpointing(True)
     transform = bundle.preprocess_train if cfg.train.augment else bundle.preprocess_eval
-    train_set = open_dataset(cfg.data.id_train, transform)
+    train_set = open_dataset(cfg.data.id_train, transform, listings=inputs.listings)
     loader = build_loader(
         train_set,
         per_worker_batch(cfg.train.batch_size, worker.world_size),
@@ -281,6 +289,7 @@ def _setup(cfg: Config, worker: WorkerContext, inputs: RunInputs) -> _Run:
         negatives=inputs.negatives,
         cache=inputs.cache,
         classnames=train_set.classnames,
+        listings=inputs.listings,
     )
     writer = None
     if worker.rank == 0 and inputs.tensorboard is not None:
@@ -355,6 +364,7 @@ def evaluate_checkpoint(
     cache: str | None = None,
     bootstrap: int = 0,
     compare_start: bool = False,
+    listings: dict[str, str] | None = None,
 ):
     """Evaluate a checkpoint (a directory or ``state.pt`` on any storage; ``None``: the starting
     model of ``cfg``; ``model.interpolate``: those weights interpolated toward the starting
@@ -370,7 +380,9 @@ def evaluate_checkpoint(
     bundle = model_of(cfg, device)
     mined = NegativeLabels.load(negatives) if negatives is not None else None
     cache_location = Location.parse(cache) if cache is not None else None
-    evaluator = evaluator_for(cfg, bundle, device, on=on, negatives=mined, cache=cache_location)
+    evaluator = evaluator_for(
+        cfg, bundle, device, on=on, negatives=mined, cache=cache_location, listings=listings
+    )
     start = None
     if compare_start and checkpoint is not None and bootstrap:
         start = evaluator.evaluate(bundle.model)

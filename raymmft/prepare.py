@@ -48,7 +48,11 @@ def prepared_files(experiment: Location) -> dict[str, Location | None]:
 
 
 def prepare(
-    cfg: Config, experiment: str | Location, *, cache: str | Location | None = None
+    cfg: Config,
+    experiment: str | Location,
+    *,
+    cache: str | Location | None = None,
+    listings: dict[str, str] | None = None,
 ) -> dict:
     """Mine the negatives and evaluate the zero-shot starting model; store both under
     ``<experiment>/prepared``. Returns the prepared files' URIs (``negatives`` is ``None`` when no
@@ -68,7 +72,7 @@ def prepare(
     )
     bundle = model_of(cfg, device)
     cache = Location.parse(cache) if cache is not None else None
-    evaluator = evaluator_for(cfg, bundle, device, cache=cache)
+    evaluator = evaluator_for(cfg, bundle, device, cache=cache, listings=listings)
     out = {"negatives": None, "zero_shot": None}
     if "neglabel" in evaluator.setups:
         negatives = evaluator.setups["neglabel"].negatives

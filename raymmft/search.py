@@ -104,7 +104,20 @@ def concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
     return max(1, min(limit, cfg.search.num_samples))
 
 
-def run_preparation(cfg: Config, exp: Location) -> str | None:
+def write_search_listings(cfg: Config, exp: Location, listed=None) -> dict[str, str]:
+    """Each ImageFolder of the config listed once per search (the preflight's listings, or a walk
+    with ``--no-preflight``), stored in ``<experiment>/prepared/listings``: ``{root: URI}`` for
+    the preparation step, the trials, their restarts and the final evaluation, which open the
+    folders from them without walking them. A resumed search keeps the stored ones."""
+    from raymmft.data.listing import LISTINGS_DIR, data_specs, write_listings
+    from raymmft.prepare import PREPARED_DIR
+
+    return write_listings(
+        data_specs(cfg.data), exp.join(PREPARED_DIR, LISTINGS_DIR), listed=listed or None
+    )
+
+
+def run_preparation(cfg: Config, exp: Location, listings: dict | None = None) -> str | None:
     """The search's preparation step (``raymmft.prepare``), once, in one Ray task with one
     worker's resources; already done (``--resume``) or not shareable between trials: skipped.
     Returns the prepared negatives' URI for the trials (``None``: each trial mines)."""
@@ -117,7 +130,7 @@ def run_preparation(cfg: Config, exp: Location) -> str | None:
     done = prepared_files(exp)
     if done["zero_shot"] is None:
         task = ray.remote(**one_worker(cfg))(prepare)
-        done = ray.get(task.remote(cfg, exp.uri, cache=cache_location(cfg).uri))
+        done = ray.get(task.remote(cfg, exp.uri, cache=cache_location(cfg).uri, listings=listings))
         return done["negatives"]
     print(f"prepared already: {exp.join('prepared')}")
     return done["negatives"].uri if done["negatives"] is not None else None
@@ -159,10 +172,11 @@ def hold_experiment(
 
     if cfg.search.optuna_storage:  # an RDB URL that cannot be opened fails before Ray starts
         open_study_storage(cfg.search.optuna_storage)
+    listed = {}
     if preflight:
         from raymmft.preflight import preflight as check_inputs
 
-        check_inputs(cfg)
+        listed = check_inputs(cfg)
     if not joins_cluster(address):  # checked before Ray starts here
         for variant in resource_variants(cfg):
             concurrent_trials(variant, local_resources())
@@ -171,6 +185,7 @@ def hold_experiment(
         if resume:
             check_free_space(cfg.storage.experiment)
     lease = ExperimentLease(cfg.storage.experiment, command=command)
+    lease.listed = listed  # the preflight's ImageFolder listings ({} with --no-preflight)
     held = lease.read()
     if held is not None and not lease.is_stale(held):  # said before "already exists"
         raise ExperimentInUseError(lease.in_use(held))
@@ -242,14 +257,15 @@ def run_search(
     ``ResultGrid``. ``--resume`` of a start that was interrupted before Tune wrote its state
     (during the preparation step) starts the search."""
     exp, max_concurrent = start_run(cfg, address=address)
+    listings = write_search_listings(cfg, exp, lease.listed)
     # A failed trial is one line at the search's end and its traceback in its error.txt; Tune's
     # controller would print each one's traceback as it happens. A storage that fails is one
     # line at the end too (STORAGE_FAULTS), not a traceback per state write that fails.
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
-    negatives = run_preparation(cfg, exp)
+    negatives = run_preparation(cfg, exp, listings)
     faults = StorageFaults()
-    trainable = _trainable(trial_driver, cfg, negatives, faults.queue)
+    trainable = _trainable(trial_driver, cfg, negatives, listings, faults.queue)
     lease.started = True
     if resume and tune.Tuner.can_restore(exp.uri):
         try:
@@ -279,7 +295,7 @@ def run_search(
 
     if not faults.seen and not read_experiment(exp).unfinished():
         with faults:
-            run_confirmation(cfg, exp, negatives, max_concurrent, faults.queue)
+            run_confirmation(cfg, exp, negatives, max_concurrent, listings, faults.queue)
     return grid
 
 
@@ -295,11 +311,14 @@ def fit_tuner(tuner: tune.Tuner):
             signal.signal(signal.SIGINT, handler)
 
 
-def _trainable(driver, cfg: Config, negatives: str | None, faults=None):
-    """A Tune trainable of ``driver`` with the config, the prepared negatives and the queue of
-    storage faults; it takes no CPU (it only waits for its TorchTrainer)."""
+def _trainable(driver, cfg: Config, negatives: str | None, listings: dict, faults=None):
+    """A Tune trainable of ``driver`` with the config, the prepared negatives, the datasets'
+    listings and the queue of storage faults; it takes no CPU (it only waits for its
+    TorchTrainer)."""
     return tune.with_resources(
-        tune.with_parameters(driver, base=cfg, negatives=negatives, faults=faults),
+        tune.with_parameters(
+            driver, base=cfg, negatives=negatives, listings=listings, faults=faults
+        ),
         {"cpu": 0, "memory": 1},
     )
 
@@ -472,7 +491,12 @@ def confirmation_runs(cfg: Config, exp: Location) -> list[dict]:
 
 
 def run_confirmation(
-    cfg: Config, exp: Location, negatives: str | None, max_concurrent: int, faults=None
+    cfg: Config,
+    exp: Location,
+    negatives: str | None,
+    max_concurrent: int,
+    listings: dict,
+    faults=None,
 ):
     """Train the top trials again with further seeds (``search.confirm``), as trials are: Ray
     Train runs on the same resources, as many at once as fit, in a Tune experiment of their own
@@ -482,7 +506,7 @@ def run_confirmation(
     if not cfg.search.confirm.top_k:
         return None
     location = exp.join(CONFIRM_DIR)
-    trainable = _trainable(confirm_driver, cfg, negatives, faults)
+    trainable = _trainable(confirm_driver, cfg, negatives, listings, faults)
     if tune.Tuner.can_restore(location.uri):
         print(f"confirmation: resuming {location}")
         tuner = tune.Tuner.restore(
@@ -511,7 +535,8 @@ def run_train(cfg: Config, lease: ExperimentLease, *, address: str | None = None
     """One fine-tuning run at the config's fixed values, in the experiment ``lease`` holds;
     returns Ray Train's ``Result``."""
     exp, _ = start_run(cfg, address=address)
-    negatives = run_preparation(cfg, exp)
+    listings = write_search_listings(cfg, exp, lease.listed)
+    negatives = run_preparation(cfg, exp, listings)
     lease.started = True
     try:
         return fit_with_restarts(
@@ -522,6 +547,7 @@ def run_train(cfg: Config, lease: ExperimentLease, *, address: str | None = None
                 cache=cache_location(cfg),
                 tensorboard_dir=exp.join(TENSORBOARD_DIR, "run"),
                 negatives=negatives,
+                listings=listings,
             ),
             cfg.resources.max_failures,
             what="the run",
@@ -534,10 +560,14 @@ def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str =
     """Evaluate a checkpoint (a directory on the experiment's storage; ``None``: the starting
     model) in a Ray task with one worker's resources, with the negatives the trials used;
     ``options``: ``bootstrap`` and ``compare_start`` of ``raymmft.loop.evaluate_checkpoint``."""
+    from raymmft.data.listing import LISTINGS_DIR, data_specs, stored_listings
     from raymmft.loop import evaluate_checkpoint
-    from raymmft.prepare import prepared_files
+    from raymmft.prepare import PREPARED_DIR, prepared_files
 
     negatives = prepared_files(cfg.storage.experiment)["negatives"]
+    listings = stored_listings(
+        data_specs(cfg.data), cfg.storage.experiment.join(PREPARED_DIR, LISTINGS_DIR)
+    )
     task = ray.remote(**one_worker(cfg))(evaluate_checkpoint)
     ref = task.remote(
         cfg,
@@ -545,6 +575,7 @@ def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str =
         on=on,
         negatives=negatives.uri if negatives is not None else None,
         cache=cache_location(cfg).uri,
+        listings=listings,
         **options,
     )
     return ray.get(ref)

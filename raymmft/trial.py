@@ -59,6 +59,8 @@ class TrialInputs(BaseModel):
     negatives: str | None = None
     started_at: float | None = None
     reported_epoch: int | None = None
+    # ImageFolder root -> its listing's URI (raymmft.data.listing), stored once per search
+    listings: dict[str, str] = {}
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -92,6 +94,7 @@ def make_trainer(
     negatives: str | None = None,
     callbacks=(),
     reported_epoch: int | None = None,
+    listings: dict[str, str] | None = None,
 ) -> TorchTrainer:
     """A ``TorchTrainer`` whose run lives at ``storage/name``; ``reported_epoch``: the last epoch
     the search recorded (a resumed run reports the later ones its checkpoint holds again)."""
@@ -102,6 +105,7 @@ def make_trainer(
         negatives=negatives,
         started_at=time.time(),
         reported_epoch=reported_epoch,
+        listings=dict(listings or {}),
     )
     return TorchTrainer(
         train_fn_per_worker,
@@ -122,25 +126,35 @@ def make_trainer(
     )
 
 
-def trial_driver(params: dict, *, base: Config, negatives: str | None, faults=None) -> None:
+def trial_driver(
+    params: dict, *, base: Config, negatives: str | None, listings=None, faults=None
+) -> None:
     """The Tune function trainable of one trial: fit a TorchTrainer with this trial's config."""
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_trial_params(base, flatten_fields(params))
-    _fit_trial(cfg, trial_id, trial_id, negatives, faults)
+    _fit_trial(cfg, trial_id, trial_id, negatives, listings, faults)
 
 
-def confirm_driver(config: dict, *, base: Config, negatives: str | None, faults=None) -> None:
+def confirm_driver(
+    config: dict, *, base: Config, negatives: str | None, listings=None, faults=None
+) -> None:
     """The Tune function trainable of one confirmation run: a search's trial (``run.params``,
     dotted) trained again with another ``train.seed`` (``run.seed``); its TensorBoard run is
     ``<candidate>-seed<seed>``."""
     run = config["run"]
     cfg = apply_trial_params(base, {**run["params"], "train.seed": run["seed"]})
     trial_id = tune.get_context().get_trial_id()
-    _fit_trial(cfg, trial_id, f"{run['candidate']}-seed{run['seed']}", negatives, faults)
+    run_name = f"{run['candidate']}-seed{run['seed']}"
+    _fit_trial(cfg, trial_id, run_name, negatives, listings, faults)
 
 
 def _fit_trial(
-    cfg: Config, trial_id: str, run_name: str, negatives: str | None, faults=None
+    cfg: Config,
+    trial_id: str,
+    run_name: str,
+    negatives: str | None,
+    listings: dict | None,
+    faults=None,
 ) -> None:
     """Fit the trial's TorchTrainer (with restarts) in a thread and report what it forwards to
     Tune from this one, each report with the trial's progress as a Tune checkpoint. A fault of
@@ -148,7 +162,7 @@ def _fit_trial(
     ``faults`` (the search then stops as on Ctrl-C, ``raymmft.search``) and the trial waits
     to be stopped, unfinished, so that ``--resume`` continues it once the storage is fixed."""
     try:
-        _fit_and_report(cfg, trial_id, run_name, negatives)
+        _fit_and_report(cfg, trial_id, run_name, negatives, listings)
     except BaseException as exc:
         fault = storage_fault(exc, cfg.storage.location)
         if fault is None or faults is None:
@@ -158,7 +172,9 @@ def _fit_trial(
             time.sleep(1)
 
 
-def _fit_and_report(cfg: Config, trial_id: str, run_name: str, negatives: str | None) -> None:
+def _fit_and_report(
+    cfg: Config, trial_id: str, run_name: str, negatives: str | None, listings: dict | None
+) -> None:
     exp = cfg.storage.experiment
     progress = TrialProgress.restore(tune.get_checkpoint())
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
@@ -176,6 +192,7 @@ def _fit_and_report(cfg: Config, trial_id: str, run_name: str, negatives: str | 
                     negatives=negatives,
                     callbacks=[ForwardReports(reports)],
                     reported_epoch=progress.epoch,
+                    listings=listings,
                 ),
                 cfg.resources.max_failures,
                 what=f"trial {trial_id}",

@@ -106,6 +106,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         resume_state=load_checkpoint(checkpoint) if checkpoint else None,
         resumed_from=checkpoint.path if checkpoint else None,
         reported_epoch=trial.reported_epoch,
+        listings=trial.listings,
         negatives=NegativeLabels.load(negatives) if negatives else None,
         tensorboard=Location.parse(tensorboard) if tensorboard else None,
         cache=Location.parse(cache) if cache else None,
