@@ -193,7 +193,7 @@ def run_training(
         history.append(_plain(metrics))
         state = None
         if worker.rank == 0:
-            state = {**run.finetuner.state_dict(cfg.model.arch), "reports": history}
+            state = {**run.finetuner.state_dict(cfg.model.arch), "reports": list(history)}
         worker.report(metrics, state)
         carried = {"time/checkpoint_s": time.perf_counter() - began}
         run.train_seconds = 0.0

@@ -284,14 +284,27 @@ def small_disk(home):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _fill(mount: Path, leave_mib: int = 5) -> Path:
+def _keep_full(mount: Path, proc: subprocess.Popen, leave_mib: int = 2) -> Path:
+    """Fill the disk, and keep it full while ``proc`` runs (its old checkpoints are deleted as
+    new ones are written), as another process writing there would."""
     import shutil
+    import threading
 
     filler = mount / "filler"
-    free = shutil.disk_usage(mount).free // 2**20
-    with filler.open("wb") as f:
-        for _ in range(max(0, free - leave_mib)):
-            f.write(b"\0" * 2**20)
+
+    def fill():
+        with filler.open("ab") as f:
+            while proc.poll() is None:
+                free = shutil.disk_usage(mount).free // 2**20
+                for _ in range(max(0, free - leave_mib)):
+                    try:
+                        f.write(b"\0" * 2**20)
+                        f.flush()
+                    except OSError:
+                        break
+                time.sleep(0.1)
+
+    threading.Thread(target=fill, daemon=True).start()
     return filler
 
 
@@ -318,7 +331,7 @@ def test_a_full_then_read_only_storage_stops_the_search_in_one_line_and_it_resum
         "full-1.log",
     )
     _wait_for(epochs(2), "two epochs", proc)
-    filler = _fill(small_disk)
+    filler = _keep_full(small_disk, proc)
     code, log = _finish(proc, home, "full-1.log")
     last = log.strip().splitlines()[-1]
     assert code == 1, log[-3000:]
