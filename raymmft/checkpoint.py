@@ -1,9 +1,12 @@
-"""The checkpoint format: one ``state.pt`` per checkpoint directory, written atomically, loaded with
-``torch.load(weights_only=True)``.
+"""The checkpoint format: two files per checkpoint directory, written atomically, loaded with
+``torch.load(weights_only=True)``: ``model.pt`` (``arch`` and the ``model`` weights: what an
+evaluation reads) and ``train_state.pt`` (the rest of the training state: ``optimizer``,
+``scheduler``, ``scaler``, ``epoch``, ``step``, ``rng`` and the ``reports`` so far: what a resumed
+run reads too). The AdamW state is twice the weights, so an evaluation reads a third of the
+checkpoint. A directory with the older single ``state.pt`` still loads.
 
-A training state (``FineTuner.state_dict``) holds ``arch``, ``model``, ``optimizer``, ``scheduler``,
-``scaler``, ``epoch``, ``step`` and ``rng``; everything is a tensor, a number, a string or a
-container of them, so loading never runs pickled code. Checkpoint directories live on any storage
+A training state (``FineTuner.state_dict``) holds only tensors, numbers, strings and containers
+of them, so loading never runs pickled code. Checkpoint directories live on any storage
 (``raymmft.storage``): Ray Train uploads them, and everything that reads one back (resume, the best
 trial's test evaluation, ``raymmft evaluate --checkpoint``) goes through this module, with or
 without Ray.
@@ -20,23 +23,34 @@ import torch
 from raymmft.errors import ModelError, StorageError, first_line
 from raymmft.storage import Location
 
-CHECKPOINT_FILE = "state.pt"
+CHECKPOINT_FILE = "state.pt"  # the single file of older checkpoints
+MODEL_FILE = "model.pt"
+TRAIN_STATE_FILE = "train_state.pt"
+MODEL_KEYS = ("arch", "model")
 
 
 def save_state(state: dict, directory: str | os.PathLike) -> Path:
-    """Write ``state`` into the local ``directory`` so that a crash mid-write never leaves a file
-    that loads as valid (a temporary file renamed into place)."""
-    path = Path(directory) / CHECKPOINT_FILE
-    tmp = path.with_name(f".{CHECKPOINT_FILE}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    """Write ``state`` into the local ``directory`` as ``model.pt`` and ``train_state.pt``, each so
+    that a crash mid-write never leaves a file that loads as valid (a temporary file renamed into
+    place); returns the directory."""
+    directory = Path(directory)
+    model = {k: state[k] for k in MODEL_KEYS if k in state}
+    rest = {k: v for k, v in state.items() if k not in MODEL_KEYS}
+    for name, part in ((MODEL_FILE, model), (TRAIN_STATE_FILE, rest)):
+        tmp = directory / f".{name}.tmp"
+        torch.save(part, tmp)
+        os.replace(tmp, directory / name)
+    return directory
 
 
 def state_file(checkpoint: str | Location) -> Location:
-    """The ``state.pt`` of a checkpoint directory; a location that is not a directory is kept."""
+    """The file of a checkpoint's weights: ``model.pt`` of a checkpoint directory (``state.pt``
+    of an older one); a location that is not a directory is kept."""
     location = Location.parse(checkpoint)
-    return location.join(CHECKPOINT_FILE) if location.is_dir() else location
+    if not location.is_dir():
+        return location
+    model = location.join(MODEL_FILE)
+    return model if model.is_file() else location.join(CHECKPOINT_FILE)
 
 
 def read_torch_file(location: str | Location, what: str = "checkpoint") -> object:
@@ -56,11 +70,17 @@ def read_torch_file(location: str | Location, what: str = "checkpoint") -> objec
 
 
 def load_state(checkpoint: str | Location) -> dict:
-    """The training state in a checkpoint directory (or its ``state.pt``), on any storage."""
+    """The whole training state in a checkpoint directory (or an older one's ``state.pt``), on
+    any storage."""
     location = state_file(checkpoint)
     state = read_torch_file(location)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise ModelError(f"checkpoint {location} holds no model state dict")
+    if location.name == MODEL_FILE:
+        rest = read_torch_file(location.parent.join(TRAIN_STATE_FILE))
+        if not isinstance(rest, dict):
+            raise ModelError(f"checkpoint {location.parent} holds no training state")
+        state = {**rest, **state}
     return state
 
 

@@ -12,8 +12,9 @@ Tags (``<key>`` is a metric name as ``run_training`` reports it):
   ``train/cma_regularizer``: R = R_img + R_txt (mean negative log-sum-exp, docs/method.md, "The CMA loss");
   ``train/cma_term``: lam * R, the CMA part of the loss (when ``train.lam`` is an hparam);
   ``train/lr``, ``train/logit_scale``, ``train/images_per_s``, ``train/skipped_images``;
-  ``time/train_s``, ``time/eval_s``, ``time/checkpoint_s``, ``time/startup_s``: where the trial's
-  time went since the previous report.
+  ``time/train_s``, ``time/eval_s``, ``time/startup_s``: where the trial's time went since the
+  previous report (``time/checkpoint_s``, measured as the report is made, is in the trial's
+  results only).
 - ``eval/id_acc``, ``eval/modality_gap``, ``eval/score``;
   ``eval/ood_<m>`` (mean over the OoD val sets, primary score) and ``eval/ood_<m>/<set>`` for
   ``<m>`` in auroc, fpr95, aupr_in, aupr_out; ``eval/<score>/ood_<m>[/<set>]`` for every score.
@@ -177,6 +178,9 @@ class TrialWriter:
             if _is_number(metrics.get(key)):
                 self._writer.add_scalar(tag, float(metrics[key]), step)
         for key, value in metrics.items():
+            # a report's checkpoint time is measured as the report is made, after this log
+            if key == "time/checkpoint_s":
+                continue
             if key.startswith(TIME_PREFIX) and _is_number(value):
                 self._writer.add_scalar(key, float(value), step)
         if self._lam is not None and _is_number(metrics.get("train_regularizer")):

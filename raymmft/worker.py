@@ -11,11 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 
 import ray.train
 import ray.train.torch
+from ray.train.v2.api.report_config import CheckpointUploadMode
 
 from raymmft.checkpoint import load_state, save_state
+
+CHECKPOINT_TIME = "time/checkpoint_s"
 
 # raymmft.loop (open_clip, the model, the data) is imported inside train_fn_per_worker: the trial
 # driver imports this module only to hand the function to TorchTrainer (saves ~2 s per trial).
@@ -74,12 +78,21 @@ class FaultHooks:
 
 
 def _report(metrics: dict, state: dict | None) -> None:
+    """Report ``metrics``; with rank 0's ``state``, its checkpoint: written to a local folder
+    (``time/checkpoint_s``), then uploaded by Ray Train in the background while training goes
+    on (``ASYNC``; the local folder is deleted after the upload)."""
     if state is None:
         ray.train.report(metrics, checkpoint=None)
         return
-    with tempfile.TemporaryDirectory(prefix="raymmft-ckpt-") as d:
-        save_state(state, d)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    began = time.perf_counter()
+    folder = tempfile.mkdtemp(prefix="raymmft-ckpt-")
+    save_state(state, folder)
+    metrics = {**metrics, CHECKPOINT_TIME: time.perf_counter() - began}
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(folder),
+        checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+    )
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
