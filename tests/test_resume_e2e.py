@@ -311,26 +311,27 @@ def _keep_full(mount: Path, proc: subprocess.Popen, leave_mib: int = 2) -> Path:
 def test_a_full_then_read_only_storage_stops_the_search_in_one_line_and_it_resumes(
     home, reference, small_disk
 ):
-    """The storage fills up at epoch 2: one error line naming the fault and the resume
-    command, exit 1; a resume while it is still full is refused before it writes anything;
-    freed, the search resumes, and the storage turned read-only at epoch 3 stops it the same
-    way; writable again, it resumes and completes with every epoch once, as the reference."""
+    """The storage fills up after the first checkpoint (and stays full): one error line naming
+    the fault and the resume command, exit 1; a resume while it is still full is refused before
+    it writes anything; freed, the search resumes, and the storage turned read-only after the
+    resumed run's first checkpoint stops it the same way; writable again, it resumes and
+    completes with every epoch once, as the reference."""
     exp = small_disk / "faults"
     resume = f"Once the storage is fixed, resume with: raymmft search --resume {exp}"
 
-    def epochs(n):
-        def reached():
-            found = list(exp.glob("trial_driver_*/result.json"))
-            return bool(found) and len(found[0].read_text().splitlines()) >= n
+    def checkpoints() -> set[Path]:
+        return set(exp.glob("train_runs/*/checkpoint_*"))
 
-        return reached
+    def new_checkpoints(n: int, since: set[Path] = frozenset()):
+        # checkpoints reach the storage as they are made (Tune copies its result files later)
+        return lambda: len(checkpoints() - since) >= n
 
     proc = _start(
         home,
         ["search", "mine.yaml", "--storage", str(small_disk), "--name", "faults"],
         "full-1.log",
     )
-    _wait_for(epochs(2), "two epochs", proc)
+    _wait_for(new_checkpoints(1), "the first checkpoint", proc)
     filler = _keep_full(small_disk, proc)
     code, log = _finish(proc, home, "full-1.log")
     last = log.strip().splitlines()[-1]
@@ -348,9 +349,10 @@ def test_a_full_then_read_only_storage_stops_the_search_in_one_line_and_it_resum
     assert log.strip().splitlines()[-1].endswith("; free space, then resume")
     assert {p: p.read_bytes() for p in exp.rglob("*.json") if p.is_file()} == before
     filler.unlink()
-    # freed: resumed, and the storage turns read-only at epoch 3
+    # freed: resumed, and the storage turns read-only after the resumed run's first checkpoint
+    before = checkpoints()
     proc = _start(home, ["search", "--resume", str(exp)], "full-3.log")
-    _wait_for(epochs(3), "three epochs", proc)
+    _wait_for(new_checkpoints(1, before), "a checkpoint of the resumed run", proc)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
         code, log = _finish(proc, home, "full-3.log")
