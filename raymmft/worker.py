@@ -101,8 +101,11 @@ def train_fn_per_worker(loop_config: dict) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     # a checkpoint upload that fails (in its background thread) fails the worker, whose
-    # traceback goes to the trial's error.txt; Ray would also log it on the console
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.CRITICAL)
+    # traceback goes to the trial's error.txt; Ray would also log it on the console (its logger
+    # is named by the module's file path)
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.CRITICAL)
     from raymmft.loop import RunInputs, WorkerContext, run_training
     from raymmft.ood.neglabel import NegativeLabels
     from raymmft.storage import Location
