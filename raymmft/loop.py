@@ -367,6 +367,7 @@ def evaluate_checkpoint(
     bootstrap: int = 0,
     compare_start: bool = False,
     listings: dict[str, str] | None = None,
+    worker: WorkerContext | None = None,
 ):
     """Evaluate a checkpoint (a directory or ``state.pt`` on any storage; ``None``: the starting
     model of ``cfg``; ``model.interpolate``: those weights interpolated toward the starting
@@ -374,16 +375,30 @@ def evaluate_checkpoint(
     (``negatives``: a stored ``NegativeLabels``, as a search's preparation step writes) or mined by
     the starting model. With ``bootstrap`` resamples, every metric gets its 95 % interval
     (``raymmft.ood.bootstrap``, seeded with ``train.seed``); with ``compare_start`` too, the
-    difference from the starting model on the same resamples (paired)."""
+    difference from the starting model on the same resamples (paired). With a ``worker`` of a
+    group (rank, world size, device), every worker of the group calls this at once and encodes
+    its share of each set, as the trials' evaluations do; each gets the whole result. Only the
+    model's weights are read from the checkpoint."""
     from raymmft.checkpoint import load_weights
     from raymmft.ood.neglabel import NegativeLabels
 
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.resources.use_gpu else "cpu")
+    if worker is None:
+        gpu = torch.cuda.is_available() and cfg.resources.use_gpu
+        worker = WorkerContext(device=torch.device("cuda" if gpu else "cpu"))
+    device = worker.device
     bundle = model_of(cfg, device)
     mined = NegativeLabels.load(negatives) if negatives is not None else None
     cache_location = Location.parse(cache) if cache is not None else None
     evaluator = evaluator_for(
-        cfg, bundle, device, on=on, negatives=mined, cache=cache_location, listings=listings
+        cfg,
+        bundle,
+        device,
+        on=on,
+        rank=worker.rank,
+        world_size=worker.world_size,
+        negatives=mined,
+        cache=cache_location,
+        listings=listings,
     )
     start = None
     if compare_start and checkpoint is not None and bootstrap:

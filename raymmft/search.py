@@ -19,6 +19,7 @@ import threading
 
 import ray
 from ray import tune
+from ray.train import TrainingFailedError
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from raymmft.cluster import init_ray, joins_cluster, local_resources
@@ -34,6 +35,7 @@ from raymmft.trial import (
     TrialFailedError,
     cache_location,
     confirm_driver,
+    failure_reason,
     fit_with_restarts,
     make_trainer,
     one_worker,
@@ -556,26 +558,55 @@ def run_train(cfg: Config, lease: ExperimentLease, *, address: str | None = None
         raise RunFailedError(f"training failed: {exc.reason}") from None
 
 
+EVALUATION_RUNS_DIR = "evaluation_runs"
+
+
 def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str = "test", **options):
     """Evaluate a checkpoint (a directory on the experiment's storage; ``None``: the starting
-    model) in a Ray task with one worker's resources, with the negatives the trials used;
-    ``options``: ``bootstrap`` and ``compare_start`` of ``raymmft.loop.evaluate_checkpoint``."""
+    model) on as many workers as one trial has (a ``TorchTrainer`` of ``evaluate_fn_per_worker``:
+    each encodes its share of every set, as the trials' evaluations do), with the negatives and
+    listings the trials used; ``options``: ``bootstrap`` and ``compare_start`` of
+    ``raymmft.loop.evaluate_checkpoint``."""
+    import uuid
+
+    from ray.train import FailureConfig, LoggingConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
     from raymmft.data.listing import LISTINGS_DIR, data_specs, stored_listings
-    from raymmft.loop import evaluate_checkpoint
     from raymmft.prepare import PREPARED_DIR, prepared_files
+    from raymmft.trial import scaling_config
+    from raymmft.worker import evaluate_fn_per_worker
 
     negatives = prepared_files(cfg.storage.experiment)["negatives"]
     listings = stored_listings(
         data_specs(cfg.data), cfg.storage.experiment.join(PREPARED_DIR, LISTINGS_DIR)
     )
-    task = ray.remote(**one_worker(cfg))(evaluate_checkpoint)
-    ref = task.remote(
-        cfg,
-        Location.parse(checkpoint).uri if checkpoint is not None else None,
-        on=on,
-        negatives=negatives.uri if negatives is not None else None,
-        cache=cache_location(cfg).uri,
-        listings=listings,
+    evaluation = {
+        "cfg": cfg,
+        "checkpoint": Location.parse(checkpoint).uri if checkpoint is not None else None,
+        "on": on,
+        "negatives": negatives.uri if negatives is not None else None,
+        "cache": cache_location(cfg).uri,
+        "listings": listings,
         **options,
+    }
+    results = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        evaluate_fn_per_worker,
+        train_loop_config={"evaluation": evaluation, "results": results},
+        scaling_config=scaling_config(cfg),
+        run_config=RunConfig(
+            name=f"{on}-{uuid.uuid4().hex[:8]}",
+            storage_path=cfg.storage.experiment.join(EVALUATION_RUNS_DIR).uri,
+            failure_config=FailureConfig(max_failures=0),
+            logging_config=LoggingConfig(log_level="CRITICAL"),
+        ),
     )
-    return ray.get(ref)
+    try:
+        trainer.fit()
+    except TrainingFailedError as exc:
+        raise RunFailedError(
+            f"the evaluation on the {on} sets failed: {failure_reason(exc)}"
+        ) from None
+    return results.get(timeout=60)

@@ -95,6 +95,24 @@ def _report(metrics: dict, state: dict | None) -> None:
     )
 
 
+def evaluate_fn_per_worker(loop_config: dict) -> None:
+    """One worker's share of an evaluation (``raymmft.loop.evaluate_checkpoint`` with this
+    worker's rank, world size and device); rank 0 puts the result on ``loop_config["results"]``
+    (a Ray queue the driver reads)."""
+    logging.getLogger().setLevel(logging.WARNING)
+    from raymmft.loop import WorkerContext, evaluate_checkpoint
+
+    ctx = ray.train.get_context()
+    worker = WorkerContext(
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+    )
+    result = evaluate_checkpoint(**loop_config["evaluation"], worker=worker)
+    if worker.rank == 0:
+        loop_config["results"].put(result)
+
+
 def train_fn_per_worker(loop_config: dict) -> None:
     """Run this worker's share of the trial ``loop_config["trial"]`` (a ``TrialInputs``)."""
     # open_clip logs every model build at INFO, and Ray Train logs every report's full metric dict.

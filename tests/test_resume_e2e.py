@@ -168,6 +168,32 @@ def test_two_drivers_on_one_experiment_one_is_refused_the_other_completes(refere
     assert not (exp / ".raymmft-lease.json").exists()  # given back at the end
 
 
+def test_the_final_evaluation_on_every_worker_equals_one_process(home, reference):
+    """The search's test evaluation of the chosen trial runs on both of a trial's workers
+    (``evaluate_remote``, each encoding its share); ``raymmft evaluate`` of the same
+    checkpoint in one process (no Ray) gives the same metrics."""
+    exp = reference["exp"]
+    saved = json.loads((exp / "test_evaluation.json").read_text())
+    assert saved["checkpoint"] is not None  # the fine-tuned trial is chosen here
+    assert list(exp.glob("evaluation_runs/test-*"))  # a Ray Train run of its own
+    ids = "pink square,pink circle,blue star,blue triangle"
+    out = home / "one-process.json"
+    args = ["evaluate", "--arch", "raymmft-tiny", "--checkpoint", saved["checkpoint"]]
+    args += ["--id", f"builtin:shapes?split=val&classes={ids}&per_class=10"]
+    args += ["--ood", "builtin:shapes?split=test&classes=far_ood&per_class=10"]
+    args += ["--scores", "mcm,energy", "--primary-score", "mcm", "--out", str(out), "--no-progress"]
+    code, log = _finish(_start(home, args, "evaluate.log"), home, "evaluate.log")
+    assert code == 0, log[-3000:]
+    one = json.loads(out.read_text())
+    assert one["num_id"] == saved["num_id"] == 40
+    assert one["id_accuracy"] == pytest.approx(saved["id_accuracy"], abs=1e-6)
+    for score in ("mcm", "energy"):
+        for metric in ("auroc", "fpr95", "aupr_in"):
+            assert one["mean"][score][metric] == pytest.approx(
+                saved["mean"][score][metric], abs=1e-6
+            ), (score, metric)
+
+
 def _assert_same_history(exp: Path, ref: Path) -> None:
     got, want = _result_lines(exp), _result_lines(ref)
     assert [r["epoch"] for r in got] == list(range(1, EPOCHS + 1))
@@ -308,6 +334,17 @@ def _keep_full(mount: Path, proc: subprocess.Popen, leave_mib: int = 2) -> Path:
     return filler
 
 
+def _remount(mount: Path, mode: str) -> None:
+    """Remount read-only (or back); the kernel refuses while a file there is open for writing
+    (a checkpoint being uploaded), so try again for a few seconds."""
+    for _ in range(100):
+        done = subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], capture_output=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"cannot remount {mount} {mode}: {done.stderr.decode().strip()}")
+
+
 def test_a_full_then_read_only_storage_stops_the_search_in_one_line_and_it_resumes(
     home, reference, small_disk
 ):
@@ -353,11 +390,11 @@ def test_a_full_then_read_only_storage_stops_the_search_in_one_line_and_it_resum
     before = checkpoints()
     proc = _start(home, ["search", "--resume", str(exp)], "full-3.log")
     _wait_for(new_checkpoints(1, before), "a checkpoint of the resumed run", proc)
-    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    _remount(small_disk, "ro")
     try:
         code, log = _finish(proc, home, "full-3.log")
     finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+        _remount(small_disk, "rw")
     last = log.strip().splitlines()[-1]
     assert code == 1, log[-3000:]
     assert "Read-only file system" in last and last.endswith(resume), last
