@@ -8,8 +8,9 @@ ID validation set and the OoD validation sets, and stores both in the experiment
 - ``prepared/zero_shot.json``: the starting model's evaluation, the baseline every trial is
   compared with (and ``tensorboard/zero-shot``, the same at step 0).
 
-``raymmft search`` and ``raymmft train`` run it in one Ray task with one trial worker's resources;
-``--resume`` finds it done. When a searched field changes the starting model, the evaluation or the
+``raymmft search`` and ``raymmft train`` run it on as many workers as one trial has (a Ray Train
+run of its own: mining's prompts and the evaluation's images split over them); ``--resume`` finds
+it done. When a searched field changes the starting model, the evaluation or the
 ID classes (``model.arch``, ``eval.*``, ``data.*``, ...), no one preparation holds for every trial:
 then nothing is prepared and each trial mines for itself (through the NegLabel cache).
 """
@@ -47,37 +48,62 @@ def prepared_files(experiment: Location) -> dict[str, Location | None]:
     return {k: v if v.is_file() else None for k, v in files.items()}
 
 
+def _quiet(line: str) -> None:
+    """Progress of the workers other than rank 0: not printed."""
+
+
 def prepare(
     cfg: Config,
     experiment: str | Location,
     *,
     cache: str | Location | None = None,
     listings: dict[str, str] | None = None,
+    worker=None,
 ) -> dict:
     """Mine the negatives and evaluate the zero-shot starting model; store both under
     ``<experiment>/prepared``. Returns the prepared files' URIs (``negatives`` is ``None`` when no
-    score uses NegLabel)."""
+    score uses NegLabel). With a ``worker`` of a group (``raymmft.loop.WorkerContext``), every
+    worker calls this at once: mining's prompts and the evaluation's images are split over them
+    (each encodes its share, the features are gathered) and rank 0 writes the files."""
     import torch
 
     from raymmft.evaluation import write_json
     from raymmft.faults import pause_if_asked
-    from raymmft.loop import evaluator_for, model_of, report_metrics
+    from raymmft.loop import WorkerContext, evaluator_for, model_of, report_metrics
 
     pause_if_asked("prepare")
+    if worker is None:
+        gpu = torch.cuda.is_available() and cfg.resources.use_gpu
+        worker = WorkerContext(device=torch.device("cuda" if gpu else "cpu"))
     experiment = Location.parse(experiment)
     directory = experiment.join(PREPARED_DIR)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.resources.use_gpu else "cpu")
-    say(
-        f"preparing the search: starting model {cfg.model.arch} ({cfg.model.pretrained or 'random init'})"
-    )
+    device = worker.device
+    writes = worker.rank == 0
+    if writes:
+        model = cfg.model.pretrained or "random init"
+        say(
+            f"preparing the search: starting model {cfg.model.arch} ({model}) on "
+            f"{worker.world_size} worker(s)"
+        )
     bundle = model_of(cfg, device)
     cache = Location.parse(cache) if cache is not None else None
-    evaluator = evaluator_for(cfg, bundle, device, cache=cache, listings=listings)
+    evaluator = evaluator_for(
+        cfg,
+        bundle,
+        device,
+        rank=worker.rank,
+        world_size=worker.world_size,
+        cache=cache,
+        listings=listings,
+        out=say if writes else _quiet,  # one worker's progress lines
+    )
     out = {"negatives": None, "zero_shot": None}
-    if "neglabel" in evaluator.setups:
+    if "neglabel" in evaluator.setups and writes:
         negatives = evaluator.setups["neglabel"].negatives
         out["negatives"] = negatives.save(directory.join(NEGATIVES_FILE)).uri
     result = evaluator.evaluate(bundle.model)
+    if not writes:
+        return out
     metrics = report_metrics(cfg, result)
     extra = {"metrics": metrics, "model": cfg.model.model_dump(mode="json")}
     out["zero_shot"] = write_json(result, directory.join(ZERO_SHOT_FILE), extra).uri

@@ -38,7 +38,6 @@ from raymmft.trial import (
     failure_reason,
     fit_with_restarts,
     make_trainer,
-    one_worker,
     trial_driver,
 )
 
@@ -120,10 +119,12 @@ def write_search_listings(cfg: Config, exp: Location, listed=None) -> dict[str, 
 
 
 def run_preparation(cfg: Config, exp: Location, listings: dict | None = None) -> str | None:
-    """The search's preparation step (``raymmft.prepare``), once, in one Ray task with one
-    worker's resources; already done (``--resume``) or not shareable between trials: skipped.
-    Returns the prepared negatives' URI for the trials (``None``: each trial mines)."""
-    from raymmft.prepare import per_trial_fields, prepare, prepared_files
+    """The search's preparation step (``raymmft.prepare``), once, on as many workers as one
+    trial has (mining and the zero-shot evaluation split over them, ``run_on_workers``);
+    already done (``--resume``) or not shareable between trials: skipped. Returns the prepared
+    negatives' URI for the trials (``None``: each trial mines)."""
+    from raymmft.prepare import per_trial_fields, prepared_files
+    from raymmft.worker import prepare_fn_per_worker
 
     varying = per_trial_fields(cfg)
     if varying:
@@ -131,8 +132,15 @@ def run_preparation(cfg: Config, exp: Location, listings: dict | None = None) ->
         return None
     done = prepared_files(exp)
     if done["zero_shot"] is None:
-        task = ray.remote(**one_worker(cfg))(prepare)
-        done = ray.get(task.remote(cfg, exp.uri, cache=cache_location(cfg).uri, listings=listings))
+        preparation = {
+            "cfg": cfg,
+            "experiment": exp.uri,
+            "cache": cache_location(cfg).uri,
+            "listings": listings,
+        }
+        done = run_on_workers(
+            cfg, prepare_fn_per_worker, {"preparation": preparation}, "preparation step"
+        )
         return done["negatives"]
     print(f"prepared already: {exp.join('prepared')}")
     return done["negatives"].uri if done["negatives"] is not None else None
@@ -558,24 +566,49 @@ def run_train(cfg: Config, lease: ExperimentLease, *, address: str | None = None
         raise RunFailedError(f"training failed: {exc.reason}") from None
 
 
-EVALUATION_RUNS_DIR = "evaluation_runs"
+# Ray Train runs of the work done on a trial's workers outside the trials (the preparation
+# step, the final evaluation), under the experiment
+GROUP_RUNS_DIR = "group_runs"
 
 
-def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str = "test", **options):
-    """Evaluate a checkpoint (a directory on the experiment's storage; ``None``: the starting
-    model) on as many workers as one trial has (a ``TorchTrainer`` of ``evaluate_fn_per_worker``:
-    each encodes its share of every set, as the trials' evaluations do), with the negatives and
-    listings the trials used; ``options``: ``bootstrap`` and ``compare_start`` of
-    ``raymmft.loop.evaluate_checkpoint``."""
+def run_on_workers(cfg: Config, fn, inputs: dict, name: str):
+    """``fn`` (a ``raymmft.worker`` function) on as many workers as one trial has, each with
+    ``{**inputs, "results": queue}``, in a ``TorchTrainer`` of its own (the process group, the
+    devices, the resources a trial takes); returns what rank 0 put on the queue."""
     import uuid
 
     from ray.train import FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
+    from raymmft.trial import scaling_config
+
+    results = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        fn,
+        train_loop_config={**inputs, "results": results},
+        scaling_config=scaling_config(cfg),
+        run_config=RunConfig(
+            name=f"{name.split()[0]}-{uuid.uuid4().hex[:8]}",
+            storage_path=cfg.storage.experiment.join(GROUP_RUNS_DIR).uri,
+            failure_config=FailureConfig(max_failures=0),
+            logging_config=LoggingConfig(log_level="CRITICAL"),
+        ),
+    )
+    try:
+        trainer.fit()
+    except TrainingFailedError as exc:
+        raise RunFailedError(f"the {name} failed: {failure_reason(exc)}") from None
+    return results.get(timeout=60)
+
+
+def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str = "test", **options):
+    """Evaluate a checkpoint (a directory on the experiment's storage; ``None``: the starting
+    model) on as many workers as one trial has (``run_on_workers``: each encodes its share of
+    every set, as the trials' evaluations do), with the negatives and listings the trials used;
+    ``options``: ``bootstrap`` and ``compare_start`` of ``raymmft.loop.evaluate_checkpoint``."""
     from raymmft.data.listing import LISTINGS_DIR, data_specs, stored_listings
     from raymmft.prepare import PREPARED_DIR, prepared_files
-    from raymmft.trial import scaling_config
     from raymmft.worker import evaluate_fn_per_worker
 
     negatives = prepared_files(cfg.storage.experiment)["negatives"]
@@ -591,22 +624,6 @@ def evaluate_remote(cfg: Config, checkpoint: str | Location | None, *, on: str =
         "listings": listings,
         **options,
     }
-    results = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
-        evaluate_fn_per_worker,
-        train_loop_config={"evaluation": evaluation, "results": results},
-        scaling_config=scaling_config(cfg),
-        run_config=RunConfig(
-            name=f"{on}-{uuid.uuid4().hex[:8]}",
-            storage_path=cfg.storage.experiment.join(EVALUATION_RUNS_DIR).uri,
-            failure_config=FailureConfig(max_failures=0),
-            logging_config=LoggingConfig(log_level="CRITICAL"),
-        ),
+    return run_on_workers(
+        cfg, evaluate_fn_per_worker, {"evaluation": evaluation}, f"evaluation on the {on} sets"
     )
-    try:
-        trainer.fit()
-    except TrainingFailedError as exc:
-        raise RunFailedError(
-            f"the evaluation on the {on} sets failed: {failure_reason(exc)}"
-        ) from None
-    return results.get(timeout=60)

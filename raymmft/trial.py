@@ -78,12 +78,6 @@ def cache_location(cfg: Config) -> Location:
     return cfg.storage.location.join(CACHE_DIR)
 
 
-def one_worker(cfg: Config) -> dict[str, float]:
-    """``ray.remote`` resources of one trial worker (a GPU when trials use GPUs)."""
-    r = cfg.resources
-    return {"num_cpus": r.cpus_per_worker, "num_gpus": r.gpus_per_worker if r.use_gpu else 0}
-
-
 def make_trainer(
     cfg: Config,
     *,

@@ -95,19 +95,38 @@ def _report(metrics: dict, state: dict | None) -> None:
     )
 
 
+def prepare_fn_per_worker(loop_config: dict) -> None:
+    """One worker's share of the search's preparation step (``raymmft.prepare.prepare``: mining
+    and the zero-shot evaluation split over the workers); rank 0 writes the files and puts their
+    URIs on ``loop_config["results"]``."""
+    logging.getLogger().setLevel(logging.WARNING)
+    from raymmft.prepare import prepare
+
+    worker = _group_worker()
+    out = prepare(**loop_config["preparation"], worker=worker)
+    if worker.rank == 0:
+        loop_config["results"].put(out)
+
+
+def _group_worker():
+    from raymmft.loop import WorkerContext
+
+    ctx = ray.train.get_context()
+    return WorkerContext(
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+    )
+
+
 def evaluate_fn_per_worker(loop_config: dict) -> None:
     """One worker's share of an evaluation (``raymmft.loop.evaluate_checkpoint`` with this
     worker's rank, world size and device); rank 0 puts the result on ``loop_config["results"]``
     (a Ray queue the driver reads)."""
     logging.getLogger().setLevel(logging.WARNING)
-    from raymmft.loop import WorkerContext, evaluate_checkpoint
+    from raymmft.loop import evaluate_checkpoint
 
-    ctx = ray.train.get_context()
-    worker = WorkerContext(
-        rank=ctx.get_world_rank(),
-        world_size=ctx.get_world_size(),
-        device=ray.train.torch.get_device(),
-    )
+    worker = _group_worker()
     result = evaluate_checkpoint(**loop_config["evaluation"], worker=worker)
     if worker.rank == 0:
         loop_config["results"].put(result)

@@ -175,7 +175,7 @@ def test_the_final_evaluation_on_every_worker_equals_one_process(home, reference
     exp = reference["exp"]
     saved = json.loads((exp / "test_evaluation.json").read_text())
     assert saved["checkpoint"] is not None  # the fine-tuned trial is chosen here
-    assert list(exp.glob("evaluation_runs/test-*"))  # a Ray Train run of its own
+    assert list(exp.glob("group_runs/evaluation-*"))  # a Ray Train run of its own
     ids = "pink square,pink circle,blue star,blue triangle"
     out = home / "one-process.json"
     args = ["evaluate", "--arch", "raymmft-tiny", "--checkpoint", saved["checkpoint"]]

@@ -167,7 +167,7 @@ def _summarise(cfg, exp) -> int:
 def print_search_summary(cfg, exp) -> None:
     """The trial table (the report's rows), the choice in plain words, and the chosen
     candidate's evaluation on the OoD *test* sets (the zero-shot starting model's when it is
-    chosen), in a Ray task with one worker's resources."""
+    chosen), on as many workers as one trial has."""
     from raymmft.config import apply_trial_params
     from raymmft.evaluation import format_table as format_evaluation
     from raymmft.evaluation import write_json
