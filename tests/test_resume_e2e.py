@@ -61,7 +61,11 @@ def _start(home: Path, args: list[str], log: str, **env) -> subprocess.Popen:
 
 
 def _finish(proc: subprocess.Popen, home: Path, log: str, timeout: float = 600) -> tuple[int, str]:
-    code = proc.wait(timeout=timeout)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # never leave a driver (and its Ray) behind for the next test
+        raise
     return code, (home / log).read_text()
 
 
@@ -227,11 +231,13 @@ def test_ctrl_c_after_the_last_checkpoint_before_tunes_record_loses_and_repeats_
     marker = home / "record.marker"
     proc = _search(home, "record", "record-1.log", RAYMMFT_PAUSE=f"record:{EPOCHS}:{marker}")
     _wait_for(marker.exists, f"the record of epoch {EPOCHS}", proc)
-    exp = home / "raymmft_results" / "record"
-    assert [r["epoch"] for r in _result_lines(exp)] == list(range(1, EPOCHS))
     proc.send_signal(signal.SIGINT)
     code, log = _finish(proc, home, "record-1.log")
     assert code == 130, log[-3000:]
+    exp = home / "raymmft_results" / "record"
+    # Tune recorded every epoch but the last, whose checkpoint is written
+    assert [r["epoch"] for r in _result_lines(exp)] == list(range(1, EPOCHS))
+    assert len(list(exp.glob("train_runs/*/checkpoint_*"))) == 2
     assert (
         log.strip()
         .splitlines()[-1]
