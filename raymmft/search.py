@@ -595,10 +595,25 @@ def run_on_workers(cfg: Config, fn, inputs: dict, name: str):
             logging_config=LoggingConfig(log_level="CRITICAL"),
         ),
     )
-    try:
-        trainer.fit()
-    except TrainingFailedError as exc:
-        raise RunFailedError(f"the {name} failed: {failure_reason(exc)}") from None
+    # fitted in a thread: in the main thread a TorchTrainer takes over Ctrl-C (and keeps its
+    # handler afterwards), where here Ctrl-C and SIGTERM stop the command (KeyboardInterrupt)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    fitting = threading.Thread(target=fit, name=f"fit-{name}", daemon=True)
+    fitting.start()
+    while fitting.is_alive():
+        fitting.join(0.2)
+    error = outcome.get("error")
+    if isinstance(error, TrainingFailedError):
+        raise RunFailedError(f"the {name} failed: {failure_reason(error)}") from None
+    if error is not None:
+        raise error
     return results.get(timeout=60)
 
 

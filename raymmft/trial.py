@@ -61,6 +61,8 @@ class TrialInputs(BaseModel):
     reported_epoch: int | None = None
     # ImageFolder root -> its listing's URI (raymmft.data.listing), stored once per search
     listings: dict[str, str] = {}
+    # a checkpoint to resume from when Ray Train has none (its own record was cut off)
+    resume_from: str | None = None
 
 
 def scaling_config(cfg: Config) -> ScalingConfig:
@@ -89,6 +91,7 @@ def make_trainer(
     callbacks=(),
     reported_epoch: int | None = None,
     listings: dict[str, str] | None = None,
+    resume_from: str | None = None,
 ) -> TorchTrainer:
     """A ``TorchTrainer`` whose run lives at ``storage/name``; ``reported_epoch``: the last epoch
     the search recorded (a resumed run reports the later ones its checkpoint holds again)."""
@@ -100,6 +103,7 @@ def make_trainer(
         started_at=time.time(),
         reported_epoch=reported_epoch,
         listings=dict(listings or {}),
+        resume_from=resume_from,
     )
     return TorchTrainer(
         train_fn_per_worker,
@@ -171,6 +175,7 @@ def _fit_and_report(
 ) -> None:
     exp = cfg.storage.experiment
     progress = TrialProgress.restore(tune.get_checkpoint())
+    resume_from = repair_train_run(exp.join(TRAIN_RUNS_DIR, trial_id))
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     outcome: dict = {}
 
@@ -187,6 +192,7 @@ def _fit_and_report(
                     callbacks=[ForwardReports(reports)],
                     reported_epoch=progress.epoch,
                     listings=listings,
+                    resume_from=resume_from,
                 ),
                 cfg.resources.max_failures,
                 what=f"trial {trial_id}",
@@ -255,6 +261,41 @@ class TrialProgress:
             saved = {"epoch": self.epoch, "checkpoint_path": self.checkpoint_path}
             (Path(d) / self.FILE).write_text(json.dumps(saved))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+TRAIN_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+def repair_train_run(run: Location) -> str | None:
+    """Ray Train's record of a run's checkpoints (``checkpoint_manager_snapshot.json``) is
+    rewritten in place at every checkpoint, so a storage that filled up can leave it cut off,
+    and Ray Train then cannot start the run at all. Such a record is set aside (renamed
+    ``.damaged``), Ray Train starts the run afresh, and the run resumes from the newest of its
+    checkpoints whose files all load: returned (``None``: nothing to repair)."""
+    from raymmft.checkpoint import load_state
+    from raymmft.errors import ModelError, StorageError
+
+    snapshot = run.join(TRAIN_SNAPSHOT_FILE)
+    try:
+        if not snapshot.is_file():
+            return None
+        json.loads(snapshot.read_text())
+        return None
+    except StorageError:
+        return None  # the fit says what is wrong with the storage
+    except ValueError:
+        pass
+    damaged = run.join(f"{TRAIN_SNAPSHOT_FILE}.damaged")
+    damaged.write_bytes(snapshot.read_bytes())
+    snapshot.delete_file()
+    for name in sorted((n for n in run.children() if n.startswith("checkpoint_")), reverse=True):
+        try:
+            load_state(run.join(name))
+        except (ModelError, StorageError):
+            continue  # cut off as well
+        print(f"{run}: Ray Train's record was cut off (set aside); resuming from {name}")
+        return run.join(name).uri
+    return None
 
 
 # errno values that are the storage's fault wherever they happen, and those that are when the

@@ -150,6 +150,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
     trial = loop_config["trial"]
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and trial.resume_from:  # Ray Train's own record was repaired
+        checkpoint = ray.train.Checkpoint(trial.resume_from)
     negatives, cache, tensorboard = trial.negatives, trial.cache_dir, trial.tensorboard_dir
     worker = WorkerContext(
         rank=ctx.get_world_rank(),
