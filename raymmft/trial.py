@@ -13,6 +13,7 @@ and where its files go.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import threading
@@ -221,13 +222,25 @@ def _fit_and_report(
 class ForwardReports(UserCallback):
     """Ray Train callback (it runs in the Train controller): rank 0's metrics of every report and
     the path of its checkpoint, put on a queue the trial driver reads. The queue holds one item,
-    so training waits while Tune records the previous report."""
+    so training waits while Tune records the previous report. Once a checkpoint is registered
+    (uploaded whole), the one before it keeps its weights only: a run resumes from the newest,
+    and the AdamW state is two thirds of a checkpoint."""
 
     def __init__(self, reports: Queue):
         self.reports = reports
+        self.previous = None
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         self.reports.put((dict(metrics[0]), checkpoint.path if checkpoint else None))
+        if checkpoint is None:
+            return
+        if self.previous is not None:
+            from raymmft.checkpoint import TRAIN_STATE_FILE
+
+            fs, path = self.previous.filesystem, f"{self.previous.path}/{TRAIN_STATE_FILE}"
+            with contextlib.suppress(OSError, FileNotFoundError):
+                fs.delete_file(path)
+        self.previous = checkpoint
 
 
 class TrialProgress:
