@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster = sys.modules.get("raymmft.cluster")
         if cluster is not None and cluster.TERMINATED.is_set():
             _stop_ray()
-            print("error: stopped by SIGTERM before the search started", file=sys.stderr)
+            print("error: stopped by SIGTERM", file=sys.stderr)
             return 1
         print("interrupted", file=sys.stderr)
         return 130

@@ -282,31 +282,34 @@ TRAIN_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 def repair_train_run(run: Location) -> str | None:
     """Ray Train's record of a run's checkpoints (``checkpoint_manager_snapshot.json``) is
     rewritten in place at every checkpoint, so a storage that filled up can leave it cut off,
-    and Ray Train then cannot start the run at all. Such a record is set aside (renamed
-    ``.damaged``), Ray Train starts the run afresh, and the run resumes from the newest of its
-    checkpoints whose files all load: returned (``None``: nothing to repair)."""
+    and Ray Train then cannot start the run at all; a storage that failed before the first
+    record of a run leaves none, and the run would start from scratch. A cut-off record is set
+    aside (renamed ``.damaged``), Ray Train starts the run afresh, and the run resumes from the
+    newest of its checkpoints whose files all load: returned (``None``: nothing to repair)."""
     from raymmft.checkpoint import load_state
     from raymmft.errors import ModelError, StorageError
 
     snapshot = run.join(TRAIN_SNAPSHOT_FILE)
     try:
-        if not snapshot.is_file():
-            return None
-        json.loads(snapshot.read_text())
-        return None
+        if not run.is_dir():
+            return None  # a new trial
+        if snapshot.is_file():
+            try:
+                json.loads(snapshot.read_text())
+                return None  # whole: Ray Train resumes from it
+            except ValueError:
+                damaged = run.join(f"{TRAIN_SNAPSHOT_FILE}.damaged")
+                damaged.write_bytes(snapshot.read_bytes())
+                snapshot.delete_file()
+        names = sorted((n for n in run.children() if n.startswith("checkpoint_2")), reverse=True)
     except StorageError:
         return None  # the fit says what is wrong with the storage
-    except ValueError:
-        pass
-    damaged = run.join(f"{TRAIN_SNAPSHOT_FILE}.damaged")
-    damaged.write_bytes(snapshot.read_bytes())
-    snapshot.delete_file()
-    for name in sorted((n for n in run.children() if n.startswith("checkpoint_")), reverse=True):
+    for name in names:  # checkpoint_<date>_<time>: newest first
         try:
             load_state(run.join(name))
         except (ModelError, StorageError):
             continue  # cut off as well
-        print(f"{run}: Ray Train's record was cut off (set aside); resuming from {name}")
+        print(f"{run}: Ray Train's record was cut off or missing; resuming from {name}")
         return run.join(name).uri
     return None
 

@@ -256,13 +256,10 @@ def test_sigterm_mid_training_then_ctrl_c_in_the_test_evaluation_then_resume(hom
     --resume while it runs is refused; the resumed search, interrupted again during the chosen
     candidate's test evaluation, resumes once more and completes with every epoch once."""
     exp = home / "raymmft_results" / "term"
-    proc = _search(home, "term", "term-1.log")
-
-    def two_epochs():
-        found = list(exp.glob("trial_driver_*/result.json"))
-        return bool(found) and len(found[0].read_text().splitlines()) >= 2
-
-    _wait_for(two_epochs, "two epochs", proc)
+    # mid-training: the driver waits before Tune records epoch 3 (its checkpoint is written)
+    marker = home / "term.marker"
+    proc = _search(home, "term", "term-1.log", RAYMMFT_PAUSE=f"record:3:{marker}")
+    _wait_for(marker.exists, "epoch 3", proc)
     code, log = _finish(
         _start(home, ["search", "--resume", str(exp)], "busy.log"), home, "busy.log"
     )

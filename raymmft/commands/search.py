@@ -118,22 +118,24 @@ def _search(args: argparse.Namespace, cfg, lease) -> int:
     from raymmft.search import STORAGE_FAULTS, run_search
 
     run_search(cfg, lease, address=args.address, resume=bool(args.resume))
-    exp = read_experiment(cfg.storage.experiment)
-    confirmation = exp.confirmation
-    pending = exp.unfinished() + (confirmation.unfinished() if confirmation else [])
-    resume = f"raymmft search --resume {shlex.quote(exp.location.uri)}"
-    if pending:
-        stopped = f"with {len(pending)} unfinished trial(s); nothing is lost. Resume with: {resume}"
-        if STORAGE_FAULTS:
-            raise RunFailedError(
-                f"the search stopped: {STORAGE_FAULTS[0]}; {len(pending)} unfinished trial(s), "
-                f"nothing is lost. Once the storage is fixed, resume with: {resume}"
-            )
-        if TERMINATED.is_set():
-            raise RunFailedError(f"the search was stopped by SIGTERM {stopped}")
-        print(f"search interrupted {stopped}")
-        return 130
+    resume = f"raymmft search --resume {shlex.quote(cfg.storage.experiment.uri)}"
     try:
+        exp = read_experiment(cfg.storage.experiment)
+        confirmation = exp.confirmation
+        pending = exp.unfinished() + (confirmation.unfinished() if confirmation else [])
+        if pending:
+            stopped = (
+                f"with {len(pending)} unfinished trial(s); nothing is lost. Resume with: {resume}"
+            )
+            if STORAGE_FAULTS:
+                raise RunFailedError(
+                    f"the search stopped: {STORAGE_FAULTS[0]}; {len(pending)} unfinished "
+                    f"trial(s), nothing is lost. Once the storage is fixed, resume with: {resume}"
+                )
+            if TERMINATED.is_set():
+                raise RunFailedError(f"the search was stopped by SIGTERM {stopped}")
+            print(f"search interrupted {stopped}")
+            return 130
         return _summarise(cfg, exp)
     except KeyboardInterrupt:
         stopped = f"after its trials ended; nothing is lost. Resume with: {resume}"
