@@ -404,7 +404,7 @@ STATE_COPY_FILE = ".raymmft-tune-state.json"
 
 class TuneStateCopy(tune.Callback):
     """Keeps a copy of Tune's newest ``experiment_state-*.json`` that parses, written atomically
-    beside it after the trials' results (at most every 2 s). Tune overwrites its state file in
+    beside it (looked at after every step of Tune's loop, at most every 2 s). Tune overwrites its state file in
     place, so a storage that fills up or fails mid-write leaves it cut off; the copy is then
     the last whole one (``restore_tune_state``)."""
 
@@ -412,6 +412,9 @@ class TuneStateCopy(tune.Callback):
         self.experiment = experiment
         self._copied: str | None = None
         self._last = 0.0
+
+    def on_step_end(self, iteration, trials, **info):
+        self._copy()  # at most every 2 s: from Tune's first state on
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._copy()

@@ -49,8 +49,12 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
             raise ConfigError(
                 "--resume takes the experiment's saved config: drop CONFIG, --set, --name and --storage"
             )
-        from raymmft.search import restore_tune_state
+        from raymmft.search import check_free_space, restore_tune_state
+        from raymmft.storage import Location
 
+        resumed = Location.parse(args.resume)
+        if resumed.is_local:  # before anything is rewritten there
+            check_free_space(resumed)
         restored = restore_tune_state(args.resume)
         if restored:
             print(f"note: {restored}")
