@@ -67,7 +67,8 @@ def one_search(cfg) -> dict:
     with harness.ray_instance(wait=False):
         ray_init_s = time.time() - ray_start
         start = time.time()
-        grid = search.run_search(cfg)
+        with search.hold_experiment(cfg, resume=False, command="benchmark") as lease:
+            grid = search.run_search(cfg, lease)
         wall = time.time() - start
         preparation = harness.span_within(preparations, start, start + wall)
     trials = []

@@ -226,12 +226,13 @@ def main() -> None:
                 # the warm run reuses the cold run's storage, hence its NegLabel cache
                 cfg = demo_config(args, storage=storage, name=name)
                 start = time.time()
-                if kind == "train":
-                    search.run_train(cfg)
-                    trial_name = name
-                else:
-                    grid = search.run_search(cfg)
-                    trial_name = grid[0].metrics["trial_id"]
+                with search.hold_experiment(cfg, resume=False, command="benchmark") as lease:
+                    if kind == "train":
+                        search.run_train(cfg, lease)
+                        trial_name = name
+                    else:
+                        grid = search.run_search(cfg, lease)
+                        trial_name = grid[0].metrics["trial_id"]
                 end = time.time()
                 windows[name] = (start, end)
                 probe_dir = probe_root / trial_name

@@ -114,7 +114,11 @@ def run_side(config: str, side: str) -> dict:
     cfg = load_config(config, [f"storage.name={side}"])
     new = "negatives" in inspect.signature(search.make_trainer).parameters
     start = getattr(search, "start_run", None) or search.prepare_run  # the baseline's name
-    prepared = start(cfg, address=None, resume=False, preflight=True)
+    if "preflight" in inspect.signature(start).parameters:  # before the experiment's lease
+        prepared = start(cfg, address=None, resume=False, preflight=True)
+    else:  # held until the benchmark's process ends
+        search.hold_experiment(cfg, resume=False, command="benchmark").acquire()
+        prepared = start(cfg, address=None)
     exp = prepared[0] if new else prepared[1]  # before: (storage, experiment, fits)
     exp_path = exp.uri if new else str(exp)
     prep_s, kwargs = 0.0, {}

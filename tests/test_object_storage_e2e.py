@@ -90,7 +90,7 @@ def test_search_on_s3_finishes_evaluates_and_reports(searches, s3, form):
     assert [r["trial_id"] for r in baseline] == ["zero-shot"]  # prepared on S3 too
     for row in rows:  # each checkpoint is a location in the bucket, with the run's own form
         assert row["checkpoint_path"].startswith(exp.join("train_runs").uri.split("?")[0])
-        assert Location.parse(row["checkpoint_path"]).join("state.pt").is_file()
+        assert Location.parse(row["checkpoint_path"]).join("model.pt").is_file()
     # the chosen configuration's test evaluation, read from the checkpoint in the bucket
     chosen = json.loads(exp.join("test_evaluation.json").read_text())
     assert chosen["trial_id"] in run.stdout and chosen["num_id"] == 300
@@ -228,6 +228,6 @@ def test_train_on_s3(s3, tmp_path):
     printed = next(ln for ln in run.stdout.splitlines() if ln.startswith("checkpoint: "))
     checkpoint = Location.parse(printed.removeprefix("checkpoint: "))
     assert checkpoint.uri.startswith(s3.uri("train/one/checkpoint_"))
-    assert checkpoint.join("state.pt").is_file()
+    assert checkpoint.join("model.pt").is_file()
     assert "OoD *test* sets:" in run.stdout
     assert any(k.startswith("train/one/tensorboard/run/events") for k in s3.keys("train/one/"))

@@ -46,8 +46,12 @@ RAW = {
 def test_killed_worker_resumes_to_the_same_result(tmp_path, monkeypatch):
     import ray
 
-    from raymmft.search import run_train
+    from raymmft.search import hold_experiment, run_train
     from raymmft.worker import FAULT_ENV, FAULT_MARKER_ENV
+
+    def train(cfg):
+        with hold_experiment(cfg, resume=False, command="test") as lease:
+            return run_train(cfg, lease)
 
     marker = tmp_path / "fault-fired"
     # Workers inherit the driver's environment when this process starts Ray.
@@ -56,10 +60,10 @@ def test_killed_worker_resumes_to_the_same_result(tmp_path, monkeypatch):
     marker.write_text("disarmed for the baseline")
     try:
         cfg = validate_config({**RAW, "storage": {"path": str(tmp_path), "name": "baseline"}})
-        baseline = run_train(cfg)
+        baseline = train(cfg)
         marker.unlink()
         cfg = validate_config({**RAW, "storage": {"path": str(tmp_path), "name": "faulty"}})
-        faulty = run_train(cfg)
+        faulty = train(cfg)
     finally:
         ray.shutdown()
     assert marker.exists(), "rank 1 really was killed at step 7"

@@ -130,11 +130,13 @@ def test_two_workers_per_trial(search):
         assert (by_lr[lr]["world_size"] == 2).all()
     runs = sorted(p for p in (exp_dir / "train_runs").iterdir() if not p.name.startswith("."))
     assert len(runs) == 3
-    from raymmft.checkpoint import CHECKPOINT_FILE
+    from raymmft.checkpoint import MODEL_FILE, TRAIN_STATE_FILE
 
     for run in runs:
         ckpts = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
-        assert all((c / CHECKPOINT_FILE).is_file() for c in ckpts)
+        assert all((c / MODEL_FILE).is_file() for c in ckpts)
+        # the newest keeps the training state (AdamW's moments): a run resumes from it
+        assert not ckpts or (ckpts[-1] / TRAIN_STATE_FILE).is_file()
 
 
 def test_nan_trial_failed_with_reason(search):
