@@ -103,7 +103,9 @@ def test_on_s3_one_of_two_holders_wins_over_the_real_wire_protocol(s3, monkeypat
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(lease_module, "SETTLE_S", 0.2)
-    exp = Location.parse(s3.uri("leases/exp"))
+    # the endpoint in the URI: a URI without one would leave this process's cached filesystem
+    # for the bucket pointing at this module's server
+    exp = Location.parse(s3.uri("leases/exp", query=True))
     first = ExperimentLease(exp).acquire()
     stored = s3.client().get_object(Bucket="raymmft", Key=f"leases/exp/{LEASE_FILE}")
     assert json.loads(stored["Body"].read())["owner"] == first.record["owner"]
