@@ -281,3 +281,27 @@ class RayCpuSampler:
             "other_ray_cpu_s": other,
             "wall_s": inside[-1][0] - t0,
         }
+
+
+def proc_status(key: str) -> int:
+    """A ``/proc/self/status`` figure (``VmRSS``, ``VmHWM``, ...) of this process in bytes."""
+    import re
+    from pathlib import Path
+
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) * 1024
+
+
+def run_child(script: str, mode: str, target) -> dict:
+    """``python SCRIPT --child MODE TARGET`` in a fresh process (its own peak memory); the JSON
+    object it prints last."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, script, "--child", mode, str(target)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])

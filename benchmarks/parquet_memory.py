@@ -15,24 +15,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from harness import emit, loadavg, table
+from harness import emit, loadavg, proc_status, run_child, table
 from PIL import Image
 
 CLASSES = 10
-
-
-def status(key: str) -> int:
-    """A ``/proc/self/status`` figure in bytes."""
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) * 1024
 
 
 def write_folder(root: Path, rows: int) -> None:
@@ -87,7 +78,7 @@ def child(mode: str, location: str) -> None:
     def transform(image):
         return image.width  # the decode is the work; no tensor kept
 
-    baseline = status("VmRSS")
+    baseline = proc_status("VmRSS")
     start = time.perf_counter()
     out = {"mode": mode}
     if mode == "whole":
@@ -95,18 +86,8 @@ def child(mode: str, location: str) -> None:
     else:
         out["rows"], out["index_bytes_per_row"], out["group_reads"] = streamed(location, transform)
     out["seconds"] = time.perf_counter() - start
-    out["peak_above_baseline"] = status("VmHWM") - baseline
+    out["peak_above_baseline"] = proc_status("VmHWM") - baseline
     print(json.dumps(out))
-
-
-def measure(mode: str, location: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(location)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -128,7 +109,7 @@ def main() -> None:
             imagefolder_to_parquet(folder, str(shards), rows_per_shard=1000, shuffle_seed=0)
             on_disk = sum(p.stat().st_size for p in shards.glob("*.parquet"))
             for mode in ("whole", "stream"):
-                results[(mode, rows)] = {**measure(mode, shards), "on_disk": on_disk}
+                results[(mode, rows)] = {**run_child(__file__, mode, shards), "on_disk": on_disk}
     small, large = args.rows
     rows_out, figures = [], {}
     for mode in ("whole", "stream"):

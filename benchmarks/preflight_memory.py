@@ -17,24 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness import emit, loadavg, table
+from harness import emit, loadavg, proc_status, run_child, table
 from PIL import Image
 
 CLASSES = 20
-
-
-def status(key: str) -> int:
-    """A ``/proc/self/status`` figure in bytes."""
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) * 1024
 
 
 def reset_peak() -> bool:
@@ -88,25 +79,15 @@ def child(mode: str, root: str) -> None:
     from raymmft.data.imagefolder import check_threads, list_image_folder
 
     paths = list_image_folder(root, out=None).paths()  # the listing: kept by both approaches
-    baseline = status("VmRSS")
+    baseline = proc_status("VmRSS")
     reset = reset_peak()
     start = time.perf_counter()
     kept = (former_check if mode == "former" else bounded_check)(paths)
     seconds = time.perf_counter() - start
-    peak = status("VmHWM") - baseline
+    peak = proc_status("VmHWM") - baseline
     threads = 8 if mode == "former" else check_threads()
     out = {"mode": mode, "files": len(paths), "kept": kept, "seconds": seconds, "peak": peak}
     print(json.dumps({**out, "threads": threads, "peak_reset": reset}))
-
-
-def measure(mode: str, root: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(root)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -124,7 +105,7 @@ def main() -> None:
             root = Path(tmp) / f"folder{files}"
             write_folder(root, files)
             for mode in ("former", "bounded"):
-                results[(mode, files)] = measure(mode, root)
+                results[(mode, files)] = run_child(__file__, mode, root)
     small, large = args.files
     rows, figures = [], {}
     for mode in ("former", "bounded"):

@@ -308,7 +308,11 @@ def small_disk(home):
         text=True,
     )
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        pytest.skip(
+            "the storage-fault test fills a disk of its own and remounts it read-only, which "
+            "needs a tmpfs mount (root with CAP_SYS_ADMIN, as on the CI machines); here mount "
+            f"said: {done.stderr.strip()[:200]}"
+        )
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 

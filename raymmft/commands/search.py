@@ -82,6 +82,7 @@ def load_for_run(args: argparse.Namespace, *, search: bool = True):
 def unstarted(experiment: str) -> bool:
     """Whether ``experiment`` is a start interrupted before Tune wrote anything (its config is
     there, no Tune state, no pickled tuner): ``--resume`` then starts the search."""
+    from raymmft.config_file import EXPERIMENT_CONFIG_FILE
     from raymmft.errors import StorageError
     from raymmft.results.experiment import TUNER_FILE, newest_state
     from raymmft.storage import Location
@@ -90,7 +91,7 @@ def unstarted(experiment: str) -> bool:
         names = set(Location.parse(experiment).children())
     except (StorageError, ValueError, OSError):
         return False  # check_resumable says what is wrong
-    return "raymmft_config.json" in names and TUNER_FILE not in names and not newest_state(names)
+    return EXPERIMENT_CONFIG_FILE in names and TUNER_FILE not in names and not newest_state(names)
 
 
 def run(args: argparse.Namespace) -> int:
