@@ -201,6 +201,8 @@ def evaluate_embeddings(
     logit_scale: float | None = None,
     inputs: Mapping[str, Mapping[str, Tensor]] | None = None,
     device: torch.device | str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EvaluationResult:
     """All metrics from features: image features ``[N, D]`` (ID) and per OoD set, class text features
     ``[C, D]``; ``params`` are the scores' settings (``EvalConfig.score_params``: temperature,
@@ -208,7 +210,11 @@ def evaluate_embeddings(
     ``exp(model.logit_scale)`` that MSP scales its logits by (features do not carry it: MSP is
     refused without it, no default stands for a model's), ``inputs[score]`` what a score's setup
     provides (NegLabel's negatives: ``{"neglabel": {"neg_text_features": [M, D]}}``). Scores run
-    on ``device``."""
+    on ``device``.
+
+    On ``world_size`` workers (every rank calls it with the same features) each rank scores its
+    own run of the ``SCORE_BLOCK``-row blocks of every set and the scores are gathered: the same
+    blocks as on one worker, so the same scores, and every rank gets the whole result."""
     scores, primary = _check_scores(scores, primary_score)
     params = {"temperature": 0.01, **(params or {})}
     if logit_scale is not None:
@@ -233,14 +239,25 @@ def evaluate_embeddings(
     on_device = {s: {k: v.to(device) for k, v in inputs.get(s, {}).items()} for s in scores}
 
     def compute(feats: Tensor) -> dict[str, np.ndarray]:
-        # every score is row-wise: blocks of images bound the similarity matrices held at once
+        # every score is row-wise: blocks of images bound the similarity matrices held at once,
+        # and this rank scores its own run of them
+        blocks = feats.split(SCORE_BLOCK)
+        first, last = shard_bounds(len(blocks), rank, world_size)
         out: dict[str, list[Tensor]] = {name: [] for name in scores}
-        for block in feats.split(SCORE_BLOCK):
+        for block in blocks[first:last]:
             block = block.to(device)
             for name in scores:
                 value = SCORES[name].call_with(block, text, params, on_device[name])
-                out[name].append(value.double().cpu())
-        return {name: torch.cat(values).numpy() for name, values in out.items()}
+                out[name].append(value.double().cpu().reshape(-1))
+        mine = torch.stack(
+            [
+                torch.cat(out[name]) if out[name] else torch.empty(0, dtype=torch.float64)
+                for name in scores
+            ],
+            dim=1,
+        )
+        every = gather_rows(mine, world_size)
+        return {name: every[:, k].numpy() for k, name in enumerate(scores)}
 
     logits = clip_logits(id_features.to(device), text, params["temperature"])
     acc = accuracy(logits, id_labels)
@@ -285,8 +302,10 @@ class Evaluator:
 
     On ``world_size`` workers every rank builds the evaluator and calls ``evaluate`` at the same
     time: each encodes its own run of every set's batches (the same batches a single worker would
-    form: no image twice, none left out) and the features are gathered, so every rank gets the
-    metrics one worker would have.
+    form: no image twice, none left out) and the features are gathered; each then scores its own
+    run of the score blocks (``evaluate_embeddings``) and the scores are gathered, so every rank
+    gets the metrics one worker would have. Texts (class prompts, NegLabel's negatives) are
+    encoded the same way (``TextEncoder``): each rank its run of the batches, then gathered.
     """
 
     def __init__(
@@ -407,6 +426,8 @@ class Evaluator:
             logit_scale=logit_scale,
             inputs=inputs,
             device=self.device,
+            rank=self.rank,
+            world_size=self.world_size,
         )
         result.num_skipped = sum(skipped for *_, skipped in encoded.values())
         return result

@@ -1,6 +1,7 @@
-"""Evaluation on every worker: two gloo workers, each encoding its own batches of every set, give
-the metrics of one worker, also when a set's size is not a multiple of the workers or the batch
-size; re-mining at each evaluation is split over the word list the same way."""
+"""Evaluation on every worker: two gloo workers, each encoding its own batches of every set and
+scoring its own blocks, give the metrics of one worker, also when a set's size is not a multiple of
+the workers or the batch size; re-mining at each evaluation is split over the word list the same
+way."""
 
 from __future__ import annotations
 
@@ -133,3 +134,66 @@ def test_remining_split_over_two_workers_mines_like_one(tmp_path):
     assert one["num_negatives"] == 18
     for two in _two_workers(tmp_path, remine=True):
         _assert_same(one, two)
+
+
+def _score_blocks(rank: int, world_size: int) -> dict:
+    """``evaluate_embeddings`` on 2,600 ID and 1,100 OoD rows (3 + 2 score blocks), counting the
+    rows this rank scores."""
+    from raymmft import evaluation
+    from raymmft.ood.scores import OodScore as Score
+
+    gen = torch.Generator().manual_seed(3)
+
+    def unit(n: int) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.randn(n, 16, generator=gen), dim=-1)
+
+    text, negatives = unit(5), unit(40)
+    id_feats, ood_feats = unit(2600), unit(1100)
+    labels = torch.randint(0, 5, (2600,), generator=gen)
+    scored = []
+    original = Score.call_with
+    Score.call_with = lambda self, f, *a, **k: scored.append(len(f)) or original(self, f, *a, **k)
+    try:
+        result = evaluation.evaluate_embeddings(
+            id_feats,
+            labels,
+            text,
+            {"far": ood_feats},
+            scores=["neglabel", "mcm"],
+            primary_score="neglabel",
+            params={"ngroups": 2},
+            inputs={"neglabel": {"neg_text_features": negatives}},
+            rank=rank,
+            world_size=world_size,
+        )
+    finally:
+        Score.call_with = original
+    return {
+        "rows_scored": sum(scored) // 2,  # two scores per block
+        "id_scores": {k: v.tolist() for k, v in result.id_scores.items()},
+        "ood_scores": {k: v.tolist() for k, v in result.ood_scores["far"].items()},
+        "per_set": result.per_set,
+    }
+
+
+def _score_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.save(_score_blocks(rank, 2), os.path.join(out_dir, f"scores{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_scoring_is_split_over_two_workers_block_by_block(tmp_path):
+    one = _score_blocks(0, 1)
+    assert one["rows_scored"] == 3700
+    mp.start_processes(_score_worker, args=(_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"scores{r}.pt", weights_only=False) for r in (0, 1)]
+    # blocks of 1,024 rows: rank 0 scores ID block 1 of 3 and OoD block 1 of 2, rank 1 the rest
+    assert [r["rows_scored"] for r in ranks] == [1024 + 1024, 1576 + 76]
+    for two in ranks:  # the same blocks as one worker: the same scores, bit for bit
+        assert two["id_scores"] == one["id_scores"]
+        assert two["ood_scores"] == one["ood_scores"]
+        assert two["per_set"] == one["per_set"]
