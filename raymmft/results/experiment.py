@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import pickletools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -599,6 +600,14 @@ def check_resumable(experiment: str) -> None:
         raise ConfigError(
             f"cannot resume {experiment}: its Tune state {newest} {exc}; the file is damaged, "
             "or from another Ray version"
+        ) from None
+    try:  # read as opcodes, none run: a pickle cut off while written is refused before Ray starts
+        for _ in pickletools.genops(exp.join(TUNER_FILE).read_bytes()):
+            pass
+    except (ValueError, StorageError) as exc:
+        raise ConfigError(
+            f"cannot resume {experiment}: Tune's pickled state ({TUNER_FILE}) cannot be read "
+            f"({first_line(exc, 120)}); the file is damaged"
         ) from None
 
 
