@@ -199,6 +199,7 @@ eval: {scores: [mcm], ood_score: mcm}
 search:
   space: {train.lr: {loguniform: [1.0e6, 1.0e7]}}
   num_samples: 2
+resources: {num_workers: 1}  # the two trials at once on two cores
 """
 
 
