@@ -3,6 +3,9 @@ against two gloo workers (one thread each, as a trial's workers with one CPU eac
 this run. Each worker encodes its own run of every set's batches and the features are gathered, so
 the metrics must be identical. Target: >= 1.6x on this 2-core machine.
 
+It also times the NegLabel negatives' encoding (2,000 WordNet prompts) on the two workers: each its
+share of the batches, gathered (what an evaluation does), against every worker encoding all of them.
+
     .venv/bin/python benchmarks/eval_sharding.py           # ViT-B-16, ~3 min here
     .venv/bin/python benchmarks/eval_sharding.py --quick   # raymmft-small, ~1 min
 """
@@ -21,6 +24,36 @@ import torch.multiprocessing as mp
 from harness import emit, loadavg, median, table
 
 ID_CLASSES = ["red circle", "blue square", "green star", "pink triangle"]
+NEGATIVES = 2000  # NegLabel negatives encoded per evaluation (ImageNet: about 10,000)
+
+
+def _negatives(bundle, evaluator, count: int, repeats: int, world_size: int) -> dict:
+    """Encoding ``count`` NegLabel negatives (WordNet nouns in the noun template) once per
+    evaluation: each worker its share of the batches, gathered (what ``Evaluator`` does), against
+    every worker encoding all of them (all workers at once, as they would)."""
+    from raymmft.ood.corpus import load_wordnet_corpus
+    from raymmft.ood.embed import CachedTokenizer, TextEncoder
+
+    prompts = [f"a photo of a {w}." for w in load_wordnet_corpus().nouns[:count]]
+    shared = evaluator.text_encoder(bundle.model)
+    alone = TextEncoder(bundle.model, CachedTokenizer(bundle.tokenizer), rank=0, world_size=1)
+    out = {}
+    for name, encode in (("shared", shared), ("alone", alone)):
+        seconds = []
+        for _ in range(repeats + 1):  # the first tokenises (kept after), not counted
+            if world_size > 1:
+                dist.barrier()
+            start = time.perf_counter()
+            features = encode(prompts)
+            seconds.append(time.perf_counter() - start)
+        out[name] = {"seconds": seconds[1:], "features": features}
+    return {
+        "shared_s": out["shared"]["seconds"],
+        "alone_s": out["alone"]["seconds"],
+        "max_feature_diff": float(
+            (out["shared"]["features"] - out["alone"]["features"]).abs().max()
+        ),
+    }
 
 
 def _evaluate(arch: str, images: int, repeats: int, rank: int, world_size: int) -> dict:
@@ -62,6 +95,11 @@ def _evaluate(arch: str, images: int, repeats: int, rank: int, world_size: int) 
         "seconds": seconds[1:],
         "metrics": result.flat_metrics(),
         "images": evaluator.num_images,
+        "negatives": (
+            _negatives(bundle, evaluator, NEGATIVES, repeats, world_size)
+            if world_size > 1
+            else None
+        ),
     }
 
 
@@ -109,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         [[args.arch, one["images"], one_s, two_s, one_s / two_s, max(diffs)]],
         title="one evaluation: rank 0 alone vs every worker (target >= 1.6x, identical metrics)",
     )
+    negatives = [r["negatives"] for r in two]
+    shared_s = median(max(a, b) for a, b in zip(*(n["shared_s"] for n in negatives)))
+    alone_s = median(max(a, b) for a, b in zip(*(n["alone_s"] for n in negatives)))
+    feature_diff = max(n["max_feature_diff"] for n in negatives)
+    table(
+        ["negatives", "every worker all s", "each its share s", "ratio", "max feature diff"],
+        [[NEGATIVES, alone_s, shared_s, alone_s / shared_s, feature_diff]],
+        title="NegLabel negatives on 2 workers: every worker encodes all vs each its share, "
+        "gathered",
+    )
     emit(
         "eval_sharding",
         {
@@ -120,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             "max_metric_diff": max(diffs),
             "identical_metrics": identical,
             "target_met": one_s / two_s >= 1.6 and identical,
+            "negatives": NEGATIVES,
+            "negatives_every_worker_all_s": alone_s,
+            "negatives_each_its_share_s": shared_s,
+            "negatives_max_feature_diff": feature_diff,
         },
         load_start=load_start,
     )
