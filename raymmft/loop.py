@@ -126,6 +126,8 @@ def evaluator_for(
     neglabel = cfg.eval.neglabel
     mines = "neglabel" in cfg.eval.scores and (negatives is None or neglabel.remine_each_eval)
     kwargs = {} if out is None else {"out": out}
+    if out is None and rank != 0:  # one worker's progress lines (every rank evaluates at once)
+        kwargs = {"out": None}
     return Evaluator(
         cfg.eval,
         bundle,

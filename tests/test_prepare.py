@@ -104,3 +104,15 @@ def test_a_searched_field_that_changes_the_start_makes_each_trial_prepare_itself
     assert per_trial_fields(validate_config(raw)) == ["model.arch"]
     raw = {**RAW, "search": {"space": {"eval.neglabel.eta": {"uniform": [0.5, 1.0]}}}}
     assert per_trial_fields(validate_config(raw)) == ["eval.neglabel.eta"]
+
+
+def test_only_rank_0_of_an_evaluation_prints_its_progress(tmp_path):
+    """Every worker evaluates at once; one worker's progress lines reach the console."""
+    from raymmft.progress import say
+
+    raw = {**RAW, "eval": {"scores": ["mcm"], "ood_score": "mcm"}}
+    cfg = validate_config({**raw, "storage": {"path": str(tmp_path), "name": "exp"}})
+    bundle = model_of(cfg)
+    assert evaluator_for(cfg, bundle).out is say
+    assert evaluator_for(cfg, bundle, rank=1, world_size=2).out is None
+    assert evaluator_for(cfg, bundle, rank=1, world_size=2, out=print).out is print
