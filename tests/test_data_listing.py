@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from raymmft.data import classnames_of, open_dataset
-from raymmft.data.dataset import UNREADABLE
+from raymmft.data.dataset import UNREADABLE, PackedNames
 from raymmft.data.imagefolder import list_image_folder
 from raymmft.data.listing import (
     list_datasets,
@@ -327,3 +327,32 @@ def test_a_listing_in_a_bucket(folder, s3, monkeypatch):
         _same(open_dataset(spec, None, listings=uris), walked)
         assert classnames_of(spec, listings=uris) == walked.classnames
     assert np.array_equal(read_listing(uris[str(folder)]).labels, list_image_folder(folder).labels)
+
+
+def test_packed_names_read_back_every_name_and_select_by_index():
+    names = ["n01/a.JPEG", "n01/b é.png", "", "n02/" + os.fsdecode(b"\xff\xfe.jpg"), "n02/z.png"]
+    packed = PackedNames.of(names)
+    assert list(packed) == names and len(packed) == 5
+    assert packed[-1] == "n02/z.png" and packed[1:3] == names[1:3]
+    with pytest.raises(IndexError):
+        packed[5]
+    chosen = packed.take(np.array([4, 3, 0])).with_prefix("/data/")
+    assert list(chosen) == ["/data/n02/z.png", "/data/" + names[3], "/data/n01/a.JPEG"]
+    assert packed.take([]) == [] and chosen == [
+        "/data/n02/z.png",
+        "/data/" + names[3],
+        "/data/n01/a.JPEG",
+    ]
+    # two arrays, no Python string per name: 1 B a character and 8 B an offset
+    assert packed.data.nbytes == sum(len(os.fsencode(n)) for n in names)
+    assert packed.offsets.nbytes == 8 * 6
+
+
+def test_a_dataset_opened_from_a_stored_listing_holds_packed_paths(folder, tmp_path):
+    stored = write_listing(list_image_folder(folder), tmp_path / "train.parquet")
+    spec = DatasetSpec(uri=f"imagefolder:{folder}")
+    opened = open_dataset(spec, None, listings={str(folder): stored})
+    walked = open_dataset(spec, None)
+    assert isinstance(opened.sample_ids, PackedNames)  # not a list of str per process
+    assert list(opened.sample_ids) == list(walked.sample_ids)
+    assert all(os.path.isfile(p) for p in opened.sample_ids)

@@ -401,7 +401,7 @@ def test_the_walk_reads_each_real_folder_once_in_os_walk_order(tmp_path):
     _images(tmp_path / "elsewhere" / "more", 1)
     (root / "cat" / "a" / "outside").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     expected = [
-        Path(folder) / name
+        os.path.join(folder, name)
         for folder, dirs, names in os.walk(root / "cat", followlinks=True)
         if not dirs.sort()
         for name in sorted(names)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raymmft.data.dataset import FileImageDataset, image_problem
+from raymmft.data.dataset import FileImageDataset, PackedNames, image_problem
 from raymmft.data.selection import select_samples
 from raymmft.data.spec import DatasetSpec
 from raymmft.errors import DataError
@@ -48,22 +48,21 @@ CHUNKS_PER_THREAD = 4  # units of work queued per thread: the memory the check h
 class ImageFolderListing:
     """Every image file of a folder tree: ``files[i]`` (relative to ``root``, ``/``-separated)
     lies in the class folder ``folders[labels[i]]``. The walk's result, which
-    ``raymmft.data.listing`` stores so that opening the folder again does not walk it."""
+    ``raymmft.data.listing`` stores so that opening the folder again does not walk it. The names
+    are packed (``PackedNames``): no Python string per file."""
 
     root: str
     folders: tuple[str, ...]
-    files: list[str]
+    files: PackedNames
     labels: np.ndarray
 
     def path(self, index: int) -> str:
         return f"{self.root}/{self.files[index]}"
 
-    def paths(self, indices: Sequence[int] | np.ndarray | None = None) -> list[str]:
+    def paths(self, indices: Sequence[int] | np.ndarray | None = None) -> PackedNames:
         """The absolute paths of ``indices`` (all files when ``None``), as the walk forms them."""
-        prefix = f"{self.root}/"
-        if indices is None:
-            return [prefix + f for f in self.files]
-        return [prefix + self.files[i] for i in indices]
+        chosen = self.files if indices is None else self.files.take(indices)
+        return chosen.with_prefix(f"{self.root}/")
 
 
 @dataclass(frozen=True)
@@ -140,12 +139,14 @@ def _folder_id(path: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def image_files(folder: Path, seen: dict[tuple[int, int], Path]) -> list[Path]:
-    """The image files under ``folder`` in ``os.walk`` order (top-down, names sorted), links
-    followed. Each real folder is read once: ``seen`` maps the ``(st_dev, st_ino)`` of every folder
-    read so far to its path, and a folder met again (a link to an ancestor, to another class
-    folder, or two links to one folder) is a ``DataError``, not a loop or images counted twice."""
-    files: list[Path] = []
+def image_files(folder: Path, seen: dict[tuple[int, int], Path]) -> list[str]:
+    """The paths of the image files under ``folder`` in ``os.walk`` order (top-down, names
+    sorted), links followed. Each real folder is read once: ``seen`` maps the ``(st_dev, st_ino)``
+    of every folder read so far to its path, and a folder met again (a link to an ancestor, to
+    another class folder, or two links to one folder) is a ``DataError``, not a loop or images
+    counted twice. Files are plain strings: a ``Path`` per file would intern every file name for
+    the life of the process (about 220 B a file, at ImageNet's 1.28 M files 280 MB)."""
+    files: list[str] = []
     stack = [folder]
     while stack:
         path = stack.pop()
@@ -161,7 +162,7 @@ def image_files(folder: Path, seen: dict[tuple[int, int], Path]) -> list[Path]:
         except OSError:  # as os.walk: a folder that cannot be listed is left out
             continue
         files += [
-            Path(e.path)
+            e.path
             for e in entries
             if e.name.lower().endswith(IMAGE_EXTENSIONS)
             and not e.name.startswith(".")
@@ -194,12 +195,12 @@ def list_image_folder(
         found = image_files(root / folder, seen)
         if not found:
             raise DataError(f"empty class folder: {root / folder}")
-        files += [str(p)[cut:] for p in found]
+        files += [p[cut:] for p in found]
         counts[label] = len(found)
         progress.update(1)
     progress.finish()
     labels = np.repeat(np.arange(len(folders), dtype=np.int32), counts)
-    return ImageFolderListing(str(root), tuple(folders), files, labels)
+    return ImageFolderListing(str(root), tuple(folders), PackedNames.of(files), labels)
 
 
 def scan_image_folder(root: str | Path, *, classnames_file: str | None = None) -> ImageFolderScan:

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raymmft.data.dataset import PackedNames
 from raymmft.data.imagefolder import ImageFolderListing, folder_root, list_image_folder
 from raymmft.data.spec import DataConfig, DatasetSpec
 from raymmft.errors import DataError
@@ -76,7 +77,8 @@ def listing_bytes(listing: ImageFolderListing) -> bytes:
         metadata={LISTING_KEY: json.dumps(meta).encode("utf-8", "surrogateescape")},
     )
     table = pa.table(
-        {"path": pa.array(listing.files, pa.string()), "label": listing.labels}, schema=schema
+        {"path": pa.array(list(listing.files), pa.string()), "label": listing.labels},
+        schema=schema,
     )
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
@@ -86,6 +88,19 @@ def listing_bytes(listing: ImageFolderListing) -> bytes:
 def write_listing(listing: ImageFolderListing, location: str | Location) -> Location:
     """Store a listing (whole or not at all: ``Location.write_bytes``)."""
     return Location.parse(location).write_bytes(listing_bytes(listing))
+
+
+def packed(column: pa.Array) -> PackedNames:
+    """A string column as ``PackedNames`` without a Python string per row: its offsets and bytes
+    (UTF-8, as the walk's names were written)."""
+    if column.null_count:
+        raise pa.ArrowInvalid("a path is null")
+    column = column.cast(pa.large_string())  # 64-bit offsets
+    _, offsets, data = column.buffers()
+    start = column.offset
+    offsets = np.frombuffer(offsets, dtype=np.int64)[start : start + len(column) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+    return PackedNames(data, offsets)
 
 
 def read_listing(location: str | Location) -> ImageFolderListing:
@@ -98,7 +113,7 @@ def read_listing(location: str | Location) -> ImageFolderListing:
         raise DataError(f"{location} is not an ImageFolder listing ({exc})") from None
     root, folders = _meta(table.schema, location)
     try:
-        files = table.column("path").to_pylist()
+        files = packed(table.column("path").combine_chunks())
         labels = table.column("label").to_numpy().astype(np.int32)
     except (pa.ArrowException, KeyError) as exc:
         raise DataError(f"{location} is not an ImageFolder listing ({exc})") from None
