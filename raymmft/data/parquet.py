@@ -427,6 +427,7 @@ def read_index(location: str, spec: DatasetSpec) -> tuple[RowGroups, np.ndarray,
             group_index.append(g)
             counts.append(metadata.row_group(g).num_rows)
     starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    pa.default_memory_pool().release_unused()  # the label columns' pages, decoded and dropped
     groups = RowGroups(
         root,
         files,
