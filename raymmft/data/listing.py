@@ -76,12 +76,26 @@ def listing_bytes(listing: ImageFolderListing) -> bytes:
         [("path", pa.string()), ("label", pa.int32())],
         metadata={LISTING_KEY: json.dumps(meta).encode("utf-8", "surrogateescape")},
     )
+    files = listing.files  # its packed bytes as an Arrow column, without a string per file
+    first, last = int(files.offsets[0]), int(files.offsets[-1])
+    paths = pa.LargeStringArray.from_buffers(
+        len(files),
+        pa.py_buffer(np.ascontiguousarray(files.offsets - first, dtype=np.int64)),
+        pa.py_buffer(np.ascontiguousarray(files.data[first:last])),
+    )
+    try:
+        paths.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{listing.root}: a file name is not UTF-8 ({exc})") from None
     table = pa.table(
-        {"path": pa.array(list(listing.files), pa.string()), "label": listing.labels},
+        {"path": paths.cast(pa.string()), "label": listing.labels},
         schema=schema,
     )
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    # every path is unique: a dictionary of them would only cost (about 400 B a file, at peak)
+    pq.write_table(table, sink, compression="zstd", use_dictionary=["label"])
+    del table, paths
+    pa.default_memory_pool().release_unused()  # the encoded pages, given back
     return sink.getvalue()
 
 
