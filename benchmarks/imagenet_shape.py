@@ -11,9 +11,10 @@ cache every measured search reads. A sampler reads the RSS of every process unde
 (/proc; of a forked DataLoader process its private memory) every 0.25 s; the command's own lines,
 timed, mark the phases; a `sitecustomize` on PYTHONPATH (`benchmarks/imagenet_shape_hooks/`)
 counts the scans of each dataset's class folders. Then the chosen checkpoint's test evaluation (the
-search's last step, `evaluate_remote`) runs on 1 and on 2 workers, and each process kind's data
-path runs alone in a fresh process per size (the whole searches' peaks hold ViT-B-16 and vary by
-tens of MB from run to run, more than 200 B x the files between the sizes).
+search's last step, `evaluate_remote`; its sets' caps x 3, `--final-scale`) runs on 1 and on 2
+workers, and each process kind's data path runs alone in a fresh process per size (the whole
+searches' peaks hold ViT-B-16 and vary by tens of MB from run to run, more than 200 B x the files
+between the sizes), the driver's storing of a listing at 0.1 M and 1.3 M synthetic names.
 
 Printed: per phase the time and the peak memory of each kind of process, for both inputs at the
 larger size; the growth of every peak per image file between the two sizes, and the data path's
@@ -25,7 +26,7 @@ final evaluation on 1 and 2 workers; and the targets, side by side:
 - the final evaluation on 2 workers >= 1.6x faster than on 1, with identical metrics;
 - no search lists a dataset more than once.
 
-    .venv/bin/python benchmarks/imagenet_shape.py                  # N = 5 and 25, ~25 min here
+    .venv/bin/python benchmarks/imagenet_shape.py                  # N = 5 and 25, ~35 min here
     .venv/bin/python benchmarks/imagenet_shape.py --sizes 2 5      # smaller
     .venv/bin/python benchmarks/imagenet_shape.py --keep DIR       # keep the data and results
 """
@@ -406,24 +407,52 @@ def _status(key: str) -> int:
     return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) * 1024
 
 
+STORED_SIZES = (100_000, 1_300_000)  # synthetic listings stored (ImageNet-1k: 1.28 M files)
+
+
+def store_child(files: int) -> None:
+    """Store a listing of ``files`` ImageNet-like names, as the driver stores each ImageFolder's:
+    the memory it takes above what the process held (its own peak, reset first)."""
+    import numpy as np
+
+    from raymmft.data.dataset import PackedNames
+    from raymmft.data.imagefolder import ImageFolderListing
+    from raymmft.data.listing import write_listing
+
+    folders = [f"n{10_000_000 + 7919 * c:08d}" for c in range(CLASSES)]
+    names = PackedNames.of(
+        f"{folders[k % CLASSES]}/{folders[k % CLASSES]}_{k // CLASSES}.JPEG" for k in range(files)
+    )
+    listing = ImageFolderListing(
+        "/data/train", tuple(folders), names, (np.arange(files) % CLASSES).astype(np.int32)
+    )
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    base = _status("VmRSS")
+    with tempfile.TemporaryDirectory() as out:
+        write_listing(listing, f"{out}/train.parquet")
+    peak, kept = _status("VmHWM") - base, _status("VmRSS") - base
+    print(json.dumps({"peak": peak, "kept": kept}))
+
+
 def child(mode: str, config: str, listings: str) -> None:
+    if mode == "store":
+        return store_child(int(config))
     import open_clip  # noqa: F401  (imported before the baseline, as in every worker)
     import PIL.Image  # noqa: F401
 
     from raymmft.config_file import load_config
     from raymmft.data import build_loader, open_dataset
-    from raymmft.data.listing import data_specs, stored_listings, write_listings
+    from raymmft.data.listing import data_specs, stored_listings
     from raymmft.model import build_model
     from raymmft.preflight import preflight
 
     cfg = load_config(config, [])
     transform = build_model("raymmft-tiny").preprocess_train if mode == "worker" else None
     stored = stored_listings(data_specs(cfg.data), listings) if mode == "worker" else None
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the imports' peak not counted
     base = _status("VmRSS")
-    if mode == "driver":  # the preflight, then the listings stored (run_search does both)
-        listed = preflight(cfg)
-        with tempfile.TemporaryDirectory() as stored_here:
-            write_listings(data_specs(cfg.data), stored_here, listed=listed)
+    if mode == "driver":  # the preflight: headers checked, folders listed
+        preflight(cfg)
     else:
         train = open_dataset(cfg.data.id_train, transform, listings=stored)
         for spec in [cfg.data.id_val, *cfg.data.ood_val, *cfg.data.ood_test]:
@@ -463,22 +492,41 @@ def data_path(work: Path, data: Path, sizes: tuple[int, int]) -> dict:
                 out[(kind, mode, n)] = {
                     what: statistics.median(r[what] for r in repeats) for what in ("peak", "kept")
                 }
+    for files in STORED_SIZES:  # the driver stores each listing: measured where it is large
+        repeats = []
+        for _ in range(DATA_PATH_REPEATS):
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", "store", str(files), "-"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            repeats.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        out[("imagefolder", "store", files)] = {
+            what: statistics.median(r[what] for r in repeats) for what in ("peak", "kept")
+        }
     return out
 
 
 # --- the final evaluation on 1 and 2 workers ------------------------------------------------------
 
 
-def final_evaluation(experiment: Path) -> dict:
-    """The chosen checkpoint's test evaluation, as the search ran it, on 1 and on 2 workers."""
+def final_evaluation(experiment: Path, scale: int) -> dict:
+    """The chosen checkpoint's test evaluation as the search ran it (with the zero-shot
+    comparison and the bootstrap), its sets' caps times ``scale``, on 1 and on 2 workers."""
     from harness import quiet_ray_logs, ray_instance
 
+    from raymmft.config import validate_config
     from raymmft.config_file import load_experiment_config
     from raymmft.results.experiment import TEST_EVALUATION_FILE
 
     quiet_ray_logs()
     record = json.loads((experiment / TEST_EVALUATION_FILE).read_text())
-    cfg = load_experiment_config(str(experiment))
+    raw = load_experiment_config(str(experiment)).model_dump(mode="json")
+    for spec in [raw["data"]["id_val"], *raw["data"]["ood_test"]]:
+        if spec.get("num_samples"):
+            spec["num_samples"] *= scale
+    cfg = validate_config(raw, "the experiment's config, caps scaled")
     out = {}
     with ray_instance(num_cpus=2):
         from raymmft.config import apply_trial_params
@@ -508,6 +556,13 @@ def final_evaluation(experiment: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=[5, 25], metavar=("SMALL", "LARGE"))
+    parser.add_argument(
+        "--final-scale",
+        type=int,
+        default=3,
+        help="the 1-vs-2-worker final evaluation on the test sets' caps times this (default 3: "
+        "the search's own sets are small enough for the start of a worker group to weigh)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument(
         "--keep",
@@ -571,12 +626,13 @@ def main() -> None:
             print(
                 f"search {kind}, N = {n}: {run['end'] - run['start']:.0f} s ({spans})", flush=True
             )
-    record = work / "final-evaluation.json"
+    record = work / f"final-evaluation-x{args.final_scale}.json"
     if record.exists():
         evaluation = {int(k): v for k, v in json.loads(record.read_text()).items()}
     else:
-        evaluation = final_evaluation(work / "results" / f"imagefolder-{large}")
+        evaluation = final_evaluation(work / "results" / f"imagefolder-{large}", args.final_scale)
         record.write_text(json.dumps(evaluation))
+    evaluation["scale"] = args.final_scale
     alone = data_path(work, data, (small, large))
     report(runs, evaluation, alone, small, large, load_start)
     if args.keep is None:
@@ -648,7 +704,8 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
     table(
         ["workers", "seconds", "metrics"],
         [[1, one["seconds"], len(one["metrics"])], [2, two["seconds"], len(two["metrics"])]],
-        f"final evaluation of the chosen checkpoint (N = {large}, ImageFolder): on 1 and 2 workers",
+        f"final evaluation of the chosen checkpoint (N = {large}, ImageFolder; the test sets' "
+        f"caps x {evaluation['scale']}): on 1 and 2 workers",
     )
     ours = ("driver", "trial driver", "train worker", "loader process")  # Ray's own hold no data
     ratio = max(
@@ -712,9 +769,7 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
                 alone_rows.append(
                     [
                         kind_of_input,
-                        "driver: preflight, listings stored"
-                        if mode == "driver"
-                        else "worker: datasets + 4 batches",
+                        "driver: preflight" if mode == "driver" else "worker: datasets + 4 batches",
                         what,
                         f"{lo[what] / MIB:.1f}",
                         f"{hi[what] / MIB:.1f}",
@@ -735,6 +790,21 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
         alone_rows,
         "the data path alone, in a fresh process per size (above the memory after its imports; "
         f"median of {DATA_PATH_REPEATS})",
+    )
+    lo, hi = (alone[("imagefolder", "store", n)] for n in STORED_SIZES)
+    more = STORED_SIZES[1] - STORED_SIZES[0]
+    store_rows = []
+    for what in ("peak", "kept"):
+        per_file = (hi[what] - lo[what]) / more
+        alone_growth[("imagefolder", "store", what)] = per_file
+        store_rows.append(
+            [what, f"{lo[what] / MIB:.1f}", f"{hi[what] / MIB:.1f}", f"{per_file:+.0f}"]
+        )
+    table(
+        ["memory", "0.1 M MiB", "1.3 M MiB", "B per file"],
+        store_rows,
+        "the driver storing one ImageFolder listing of synthetic ImageNet-like names (at the "
+        "benchmark's sizes Arrow's first-use allocation, 45-70 MiB, varies by more than the files)",
     )
     data_growth = max(alone_growth.values())
     per_search: dict[str, float] = {}  # "input-N/dataset" -> listings over the whole search
@@ -787,6 +857,7 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
             },
             "listings_per_search": per_search,
             "extrapolated_files": IMAGENET_FILES,
+            "final_eval_scale": evaluation["scale"],
             "final_eval_s": {"1": one["seconds"], "2": two["seconds"]},
             "final_eval_speedup": speedup,
             "final_eval_max_metric_diff": largest_diff,
