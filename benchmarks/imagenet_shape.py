@@ -47,7 +47,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from harness import emit, loadavg, table, wait_for_ray_free
+from harness import emit, loadavg, proc_status, table, wait_for_ray_free
 
 HOOKS = Path(__file__).resolve().parent / "imagenet_shape_hooks"
 RAYMMFT = Path(sys.executable).parent / "raymmft"
@@ -402,11 +402,6 @@ def walk_counts(run: dict) -> dict[tuple[str, str], float]:
 DATA_PATH_REPEATS = 3  # fresh processes per figure; the median (the allocators' pages vary)
 
 
-def _status(key: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) * 1024
-
-
 STORED_SIZES = (100_000, 1_300_000)  # synthetic listings stored (ImageNet-1k: 1.28 M files)
 
 
@@ -427,10 +422,10 @@ def store_child(files: int) -> None:
         "/data/train", tuple(folders), names, (np.arange(files) % CLASSES).astype(np.int32)
     )
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     with tempfile.TemporaryDirectory() as out:
         write_listing(listing, f"{out}/train.parquet")
-    peak, kept = _status("VmHWM") - base, _status("VmRSS") - base
+    peak, kept = proc_status("VmHWM") - base, proc_status("VmRSS") - base
     print(json.dumps({"peak": peak, "kept": kept}))
 
 
@@ -450,7 +445,7 @@ def child(mode: str, config: str, listings: str) -> None:
     transform = build_model("raymmft-tiny").preprocess_train if mode == "worker" else None
     stored = stored_listings(data_specs(cfg.data), listings) if mode == "worker" else None
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the imports' peak not counted
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     if mode == "driver":  # the preflight: headers checked, folders listed
         preflight(cfg)
     else:
@@ -461,7 +456,7 @@ def child(mode: str, config: str, listings: str) -> None:
         for k, _ in enumerate(loader):
             if k == 3:
                 break
-    peak, kept = _status("VmHWM") - base, _status("VmRSS") - base
+    peak, kept = proc_status("VmHWM") - base, proc_status("VmRSS") - base
     print(json.dumps({"peak": peak, "kept": kept}))
 
 
