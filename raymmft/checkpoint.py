@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -55,16 +56,21 @@ def state_file(checkpoint: str | Location) -> Location:
 
 def read_torch_file(location: str | Location, what: str = "checkpoint") -> object:
     """``torch.load(weights_only=True)`` of a file on any storage; a missing, unreadable or unsafe
-    file is a ``ModelError`` naming it."""
+    file is a ``ModelError`` naming it. A local file is memory-mapped: its tensors are the page
+    cache's pages until copied into a model (``load_state_dict``), so every worker of a group
+    reading the same checkpoint holds no private copy of it, and none is read twice (bytes, then
+    tensors). A file written in torch's legacy (pre-zip) format cannot be mapped and is read
+    whole."""
     location = Location.parse(location)
     if not location.is_file():
         raise ModelError(f"{what} file not found: {location}")
     try:
+        if location.is_local and zipfile.is_zipfile(location.local_path):
+            return torch.load(location.local_path, map_location="cpu", weights_only=True, mmap=True)
         data = location.read_bytes()
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except StorageError as exc:
         raise ModelError(str(exc)) from None
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise ModelError(f"cannot read {what} {location}: {first_line(exc)}") from None
 

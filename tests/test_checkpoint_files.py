@@ -59,3 +59,20 @@ def test_an_older_single_file_checkpoint_still_loads(tmp_path):
     torch.save(state, tmp_path / "state.pt")
     assert set(ckpt.load_state(str(tmp_path))) == set(state)
     ckpt.load_weights(bundle.model, str(tmp_path), arch="raymmft-tiny")
+
+
+def test_a_local_checkpoint_is_mapped_not_copied_and_a_legacy_file_is_read_whole(tmp_path):
+    bundle, state = _trained_state()
+    ckpt.save_state(state, tmp_path)
+    model_file = (tmp_path / "model.pt").resolve()
+    loaded = ckpt.read_torch_file(str(tmp_path / "model.pt"))
+    maps = open("/proc/self/maps").read()
+    assert str(model_file) in maps  # the tensors are the file's pages: no private copy
+    assert torch.equal(loaded["model"]["logit_scale"], state["model"]["logit_scale"])
+    del loaded
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": state["model"]}, legacy, _use_new_zipfile_serialization=False)
+    read = ckpt.read_torch_file(str(legacy))
+    assert str(legacy.resolve()) not in open("/proc/self/maps").read()
+    for key, value in state["model"].items():
+        assert torch.equal(read["model"][key], value), key
