@@ -197,3 +197,42 @@ def test_scoring_is_split_over_two_workers_block_by_block(tmp_path):
         assert two["id_scores"] == one["id_scores"]
         assert two["ood_scores"] == one["ood_scores"]
         assert two["per_set"] == one["per_set"]
+
+
+TEXT = [f"a photo of a {' '.join(['big'] * (i % 5))} {w}." for i, w in enumerate(WORDS[:13])]
+
+
+def _encode_text(rank: int, world_size: int) -> dict:
+    from raymmft.ood.embed import TextEncoder
+
+    torch.manual_seed(0)
+    bundle = build_model("raymmft-tiny")
+    encoder = TextEncoder(
+        bundle.model, bundle.tokenizer, batch_size=2, rank=rank, world_size=world_size
+    )
+    batches = []
+    original = bundle.model.encode_text
+    bundle.model.encode_text = lambda t, *a, **k: batches.append(len(t)) or original(t, *a, **k)
+    return {"features": encoder(TEXT), "batches": batches}
+
+
+def _text_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.save(_encode_text(rank, 2), os.path.join(out_dir, f"text{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_text_is_split_over_two_workers_by_tokens_and_put_back_in_order(tmp_path):
+    one = _encode_text(0, 1)
+    assert one["batches"] == [2] * 6 + [1]
+    mp.start_processes(_text_worker, args=(_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"text{r}.pt", weights_only=False) for r in (0, 1)]
+    # 7 batches of 13 prompts shared by tokens: each rank encodes some, together all, once
+    assert all(r["batches"] for r in ranks)
+    assert sum(sum(r["batches"]) for r in ranks) == 13
+    for two in ranks:  # the same batches as one worker: the same features, row for row
+        assert torch.equal(two["features"], one["features"])

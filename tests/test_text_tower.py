@@ -103,3 +103,24 @@ def test_a_tower_that_cannot_be_cut_falls_back():
     model.text_pool_type = "argmax"
     model.attn_mask = None  # no causal mask: later tokens reach earlier ones
     assert not trims_exactly(model)
+
+
+def test_workers_share_the_text_batches_by_tokens_not_by_position():
+    from raymmft.ood.embed import share_batches
+
+    # WordNet-like prompts sorted by length, 256 a batch: a contiguous half would give the
+    # second rank every long batch
+    lengths = [7] * 3 + [9] * 4 + [11] * 4 + [14] * 3 + [19] * 2
+    costs = [256 * n for n in lengths] + [40 * 23]  # the last, shorter batch of the longest
+    shares = share_batches(costs, 2)
+    assert sorted(i for share in shares for i in share) == list(range(len(costs)))
+    assert all(share == sorted(share) for share in shares)
+    loads = [sum(costs[i] for i in share) for share in shares]
+    assert max(loads) - min(loads) <= max(costs)
+    assert max(loads) / min(loads) < 1.05
+    half = len(costs) // 2
+    contiguous = [sum(costs[:half]), sum(costs[half:])]
+    assert max(contiguous) / min(contiguous) > 1.5
+    assert share_batches(costs, 1) == [list(range(len(costs)))]
+    assert share_batches([5, 5, 5], 4) == [[0], [1], [2], []]
+    assert share_batches([], 3) == [[], [], []]

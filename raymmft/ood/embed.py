@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raymmft.distributed import gather_rows, shard_bounds
+from raymmft.distributed import gather_rows
 from raymmft.progress import Progress
 from raymmft.text import class_prompts
 from raymmft.text_tower import clip_of, encode_text, token_lengths
@@ -84,6 +84,23 @@ def encode_images(
     return torch.cat(features), torch.cat(labels), skipped
 
 
+def share_batches(costs: Sequence[int], world_size: int) -> list[list[int]]:
+    """Which batches each of ``world_size`` ranks encodes, given each batch's cost (its prompts
+    times its length in tokens): the costliest first, each to the rank with the least so far
+    (ties: the lower rank), each rank's in ascending order. Every rank computes the same shares.
+    A contiguous run per rank would give the last rank every long prompt, as batches are sorted
+    by length."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    loads = [0] * world_size
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[rank] += costs[index]
+        shares[rank].append(index)
+    return [sorted(share) for share in shares]
+
+
 class CachedTokenizer:
     """A tokenizer that keeps the token ids of every prompt it has seen.
 
@@ -113,8 +130,9 @@ class TextEncoder:
 
     Prompts are tokenised once each, sorted by length and encoded ``batch_size`` at a time, every
     batch at its longest prompt's length; a ``progress`` counts them. On ``world_size`` workers
-    (every rank calls it with the same prompts) each rank encodes its own run of those batches and
-    the features are gathered: the same batches as on one worker, so the same features.
+    (every rank calls it with the same prompts) each rank encodes its share of those batches
+    (``share_batches``: balanced by tokens, as batches of long prompts cost more) and the features
+    are gathered: the same batches as on one worker, so the same features.
     ``fingerprint()`` identifies the text tower's weights (the key of cached NegLabel mining).
     """
 
@@ -148,10 +166,11 @@ class TextEncoder:
         if len(prompts) == 0:
             return torch.empty(0, self.dim)
         ids = self.tokenizer(list(prompts))
-        order = torch.argsort(token_lengths(self.model, ids), stable=True)
+        lengths = token_lengths(self.model, ids)
+        order = torch.argsort(lengths, stable=True)
         batches = order.split(self.batch_size)
-        first, last = shard_bounds(len(batches), self.rank, self.world_size)
-        mine = batches[first:last]
+        shares = share_batches([len(b) * int(lengths[b].max()) for b in batches], self.world_size)
+        mine = [batches[i] for i in shares[self.rank]]
         local = []
         with eval_mode(self.model):
             for batch in mine:
@@ -166,7 +185,7 @@ class TextEncoder:
         if progress is not None and self.world_size > 1:  # the other ranks' batches
             progress.update(len(prompts) - len(local))
         out = torch.empty(len(prompts), self.dim)
-        out[order] = gathered
+        out[torch.cat([batches[i] for share in shares for i in share])] = gathered
         return out
 
     def fingerprint(self) -> str:
