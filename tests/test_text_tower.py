@@ -124,3 +124,20 @@ def test_workers_share_the_text_batches_by_tokens_not_by_position():
     assert share_batches(costs, 1) == [list(range(len(costs)))]
     assert share_batches([5, 5, 5], 4) == [[0], [1], [2], []]
     assert share_batches([], 3) == [[], [], []]
+
+
+def test_a_small_set_of_prompts_is_cut_into_eight_batches_for_any_number_of_workers():
+    torch.manual_seed(0)
+    bundle = build_model("raymmft-tiny")
+    sizes = []
+    original = bundle.model.encode_text
+    bundle.model.encode_text = lambda t, *a, **k: sizes.append(len(t)) or original(t, *a, **k)
+    encoder = TextEncoder(bundle.model, bundle.tokenizer)
+    encoder([f"a photo of a word{i}." for i in range(312)])  # NegLabel's negatives, say
+    assert sizes == [39] * 8  # 4 batches a worker on 2 workers, 1 on 8
+    sizes.clear()
+    encoder([f"a photo of a word{i}." for i in range(3000)])
+    assert sizes == [256] * 11 + [184]  # a large set: full batches
+    sizes.clear()
+    encoder([f"a photo of a word{i}." for i in range(40)])
+    assert sizes == [32, 8]  # not below 32 a batch

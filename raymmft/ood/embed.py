@@ -22,6 +22,11 @@ from raymmft.text import class_prompts
 from raymmft.text_tower import clip_of, encode_text, token_lengths
 
 DEFAULT_TEXT_BATCH_SIZE = 256
+# A set of prompts is cut into at least this many batches (of at least MIN_TEXT_BATCH prompts), so
+# that up to 8 workers share a small set, such as 312 negatives or 1,000 class prompts, evenly. It
+# depends on the number of prompts only: any number of workers encodes the same batches.
+TEXT_BATCHES = 8
+MIN_TEXT_BATCH = 32
 
 
 @contextlib.contextmanager
@@ -128,8 +133,9 @@ class TextEncoder:
     """``prompts -> features`` with a model and tokenizer: L2-normalised float32 ``[N, D]`` on
     the CPU, in the order given.
 
-    Prompts are tokenised once each, sorted by length and encoded ``batch_size`` at a time, every
-    batch at its longest prompt's length; a ``progress`` counts them. On ``world_size`` workers
+    Prompts are tokenised once each, sorted by length and encoded ``batch_size`` at a time (fewer
+    for a small set: ``TEXT_BATCHES``), every batch at its longest prompt's length; a ``progress``
+    counts them. On ``world_size`` workers
     (every rank calls it with the same prompts) each rank encodes its share of those batches
     (``share_batches``: balanced by tokens, as batches of long prompts cost more) and the features
     are gathered: the same batches as on one worker, so the same features.
@@ -168,7 +174,8 @@ class TextEncoder:
         ids = self.tokenizer(list(prompts))
         lengths = token_lengths(self.model, ids)
         order = torch.argsort(lengths, stable=True)
-        batches = order.split(self.batch_size)
+        size = min(self.batch_size, max(MIN_TEXT_BATCH, -(-len(prompts) // TEXT_BATCHES)))
+        batches = order.split(size)
         shares = share_batches([len(b) * int(lengths[b].max()) for b in batches], self.world_size)
         mine = [batches[i] for i in shares[self.rank]]
         local = []
