@@ -379,8 +379,8 @@ def evaluate_checkpoint(
     (``raymmft.ood.bootstrap``, seeded with ``train.seed``); with ``compare_start`` too, the
     difference from the starting model on the same resamples (paired). With a ``worker`` of a
     group (rank, world size, device), every worker of the group calls this at once and encodes
-    its share of each set, as the trials' evaluations do; each gets the whole result. Only the
-    model's weights are read from the checkpoint."""
+    its share of each set, as the trials' evaluations do; each gets the whole result, rank 0 (the
+    one returned) with the intervals. Only the model's weights are read from the checkpoint."""
     from raymmft.checkpoint import load_weights
     from raymmft.ood.neglabel import NegativeLabels
 
@@ -410,6 +410,6 @@ def evaluate_checkpoint(
             bundle.model, checkpoint, arch=cfg.model.arch, interpolate=cfg.model.interpolate
         )
     result = evaluator.evaluate(bundle.model)
-    if bootstrap:
+    if bootstrap and worker.rank == 0:  # the rank whose result is returned
         result.add_intervals(bootstrap, cfg.train.seed, reference=start, reference_name="zero-shot")
     return result
