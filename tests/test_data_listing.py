@@ -348,6 +348,20 @@ def test_packed_names_read_back_every_name_and_select_by_index():
     assert packed.offsets.nbytes == 8 * 6
 
 
+def test_packed_names_take_across_chunks_equals_picking_one_by_one(monkeypatch):
+    from raymmft.data import dataset
+
+    rng = np.random.default_rng(0)
+    names = [f"n{k % 7:02d}/" + "x" * int(rng.integers(0, 12)) + f"{k}.JPEG" for k in range(50)]
+    names[9] = ""
+    packed = PackedNames.of(names)
+    picks = rng.integers(0, 50, size=37)  # repeats and any order
+    monkeypatch.setattr(dataset, "TAKE_CHUNK", 4)  # 10 chunks, the last of one string
+    taken = packed.take(picks)
+    assert list(taken) == [names[k] for k in picks]
+    assert taken.data.nbytes == sum(len(names[k]) for k in picks)
+
+
 def test_a_dataset_opened_from_a_stored_listing_holds_packed_paths(folder, tmp_path):
     stored = write_listing(list_image_folder(folder), tmp_path / "train.parquet")
     spec = DatasetSpec(uri=f"imagefolder:{folder}")

@@ -75,6 +75,18 @@ class IdsByIndex(Sequence):
         return self.name(index)
 
 
+def release_arrow_memory() -> None:
+    """Give Arrow's freed pages back to the system. Its allocator keeps the pages of decoded
+    columns and casts after they are dropped (about 300 B a row of a listing), so a process that
+    has read a listing or a Parquet index would hold them for its life, not just what it keeps."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+TAKE_CHUNK = 1 << 16  # strings per step of PackedNames.take
+
+
 class PackedNames(Sequence):
     """Strings packed in one byte array with an array of offsets, each read back as ``prefix``
     plus its bytes (file system encoding): about a byte a character and 8 B a string, with no
@@ -106,14 +118,23 @@ class PackedNames(Sequence):
         return self.prefix + os.fsdecode(self.data[start:end].tobytes())
 
     def take(self, indices) -> PackedNames:
-        """The strings at ``indices``, packed anew (the same prefix)."""
+        """The strings at ``indices``, packed anew (the same prefix). The bytes are gathered
+        ``TAKE_CHUNK`` strings at a time, through an index per byte of the chunk only."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        starts, ends = self.offsets[indices], self.offsets[indices + 1]
+        starts = self.offsets[indices]
+        lengths = self.offsets[indices + 1] - starts
         offsets = np.zeros(len(indices) + 1, dtype=np.int64)
-        np.cumsum(ends - starts, out=offsets[1:])
+        np.cumsum(lengths, out=offsets[1:])
         data = np.empty(int(offsets[-1]), dtype=np.uint8)
-        for k, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
-            data[offsets[k] : offsets[k + 1]] = self.data[start:end]
+        for first in range(0, len(indices), TAKE_CHUNK):
+            chunk = slice(first, first + TAKE_CHUNK)
+            size = lengths[chunk]
+            # each byte: its string's start in self.data plus its place within the string
+            place = offsets[:-1][chunk] - offsets[first]
+            within = np.arange(int(size.sum())) - np.repeat(place, size)
+            data[offsets[first] : offsets[first] + len(within)] = self.data[
+                np.repeat(starts[chunk], size) + within
+            ]
         return PackedNames(data, offsets, self.prefix)
 
     def with_prefix(self, prefix: str) -> PackedNames:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymmft.data.dataset import PackedNames
+from raymmft.data.dataset import PackedNames, release_arrow_memory
 from raymmft.data.imagefolder import ImageFolderListing, folder_root, list_image_folder
 from raymmft.data.spec import DataConfig, DatasetSpec
 from raymmft.errors import DataError
@@ -95,7 +95,7 @@ def listing_bytes(listing: ImageFolderListing) -> bytes:
     # every path is unique: a dictionary of them would only cost (about 400 B a file, at peak)
     pq.write_table(table, sink, compression="zstd", use_dictionary=["label"])
     del table, paths
-    pa.default_memory_pool().release_unused()  # the encoded pages, given back
+    release_arrow_memory()  # the encoded pages
     return sink.getvalue()
 
 
@@ -134,9 +134,7 @@ def read_listing(location: str | Location) -> ImageFolderListing:
     if len(labels) and (labels.min() < 0 or labels.max() >= len(folders)):
         raise DataError(f"{location} is not an ImageFolder listing (a label out of range)")
     del table, data
-    # Arrow's allocator keeps the pages of the decoded pages and casts (~300 B a row); give
-    # them back, so that a listing costs a process what it keeps (PackedNames)
-    pa.default_memory_pool().release_unused()
+    release_arrow_memory()  # a listing costs a process what it keeps (PackedNames)
     return ImageFolderListing(root, folders, files, labels)
 
 

@@ -31,7 +31,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from raymmft.data.dataset import IdsByIndex, LabeledImageDataset, decode_image, image_problem
+from raymmft.data.dataset import (
+    IdsByIndex,
+    LabeledImageDataset,
+    decode_image,
+    image_problem,
+    release_arrow_memory,
+)
 from raymmft.data.imagefolder import find_unreadable, read_classnames_file, scan_image_folder
 from raymmft.data.selection import select_samples
 from raymmft.data.spec import DatasetSpec
@@ -427,7 +433,7 @@ def read_index(location: str, spec: DatasetSpec) -> tuple[RowGroups, np.ndarray,
             group_index.append(g)
             counts.append(metadata.row_group(g).num_rows)
     starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-    pa.default_memory_pool().release_unused()  # the label columns' pages, decoded and dropped
+    release_arrow_memory()  # the label columns, decoded and dropped
     groups = RowGroups(
         root,
         files,
