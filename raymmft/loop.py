@@ -125,9 +125,8 @@ def evaluator_for(
     }
     neglabel = cfg.eval.neglabel
     mines = "neglabel" in cfg.eval.scores and (negatives is None or neglabel.remine_each_eval)
-    kwargs = {} if out is None else {"out": out}
-    if out is None and rank != 0:  # one worker's progress lines (every rank evaluates at once)
-        kwargs = {"out": None}
+    # one worker's progress lines (every rank evaluates at once): the Evaluator's own on rank 0
+    kwargs = {"out": out} if out is not None or rank != 0 else {}
     return Evaluator(
         cfg.eval,
         bundle,
