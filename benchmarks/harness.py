@@ -292,14 +292,14 @@ def proc_status(key: str) -> int:
     return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) * 1024
 
 
-def run_child(script: str, mode: str, target) -> dict:
-    """``python SCRIPT --child MODE TARGET`` in a fresh process (its own peak memory); the JSON
+def run_child(script: str, mode: str, *args) -> dict:
+    """``python SCRIPT --child MODE ARGS...`` in a fresh process (its own peak memory); the JSON
     object it prints last."""
     import subprocess
     import sys
 
     result = subprocess.run(
-        [sys.executable, script, "--child", mode, str(target)],
+        [sys.executable, script, "--child", mode, *map(str, args)],
         capture_output=True,
         text=True,
         check=True,

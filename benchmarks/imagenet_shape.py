@@ -47,7 +47,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from harness import emit, loadavg, proc_status, table, wait_for_ray_free
+from harness import emit, loadavg, proc_status, run_child, table, wait_for_ray_free
 
 HOOKS = Path(__file__).resolve().parent / "imagenet_shape_hooks"
 RAYMMFT = Path(sys.executable).parent / "raymmft"
@@ -475,28 +475,14 @@ def data_path(work: Path, data: Path, sizes: tuple[int, int]) -> dict:
             shutil.rmtree(listings, ignore_errors=True)
             write_listings(data_specs(load_config(str(config), []).data), str(listings))
             for mode in ("driver", "worker"):
-                repeats = []
-                for _ in range(DATA_PATH_REPEATS):
-                    done = subprocess.run(
-                        [sys.executable, __file__, "--child", mode, str(config), str(listings)],
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    repeats.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                repeats = [
+                    run_child(__file__, mode, config, listings) for _ in range(DATA_PATH_REPEATS)
+                ]
                 out[(kind, mode, n)] = {
                     what: statistics.median(r[what] for r in repeats) for what in ("peak", "kept")
                 }
     for files in STORED_SIZES:  # the driver stores each listing: measured where it is large
-        repeats = []
-        for _ in range(DATA_PATH_REPEATS):
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", "store", str(files), "-"],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            repeats.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        repeats = [run_child(__file__, "store", files, "-") for _ in range(DATA_PATH_REPEATS)]
         out[("imagefolder", "store", files)] = {
             what: statistics.median(r[what] for r in repeats) for what in ("peak", "kept")
         }
