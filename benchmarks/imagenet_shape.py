@@ -12,7 +12,7 @@ cache every measured search reads. A sampler reads the RSS of every process unde
 timed, mark the phases; a `sitecustomize` on PYTHONPATH (`benchmarks/imagenet_shape_hooks/`)
 counts the scans of each dataset's class folders. Then the chosen checkpoint's test evaluation (the
 search's last step, `evaluate_remote`; its sets' caps x 3, `--final-scale`) runs on 1 and on 2
-workers, and each process kind's data path runs alone in a fresh process per size (the whole
+workers, twice each in alternating order (`--final-repeats`; the medians are compared), and each process kind's data path runs alone in a fresh process per size (the whole
 searches' peaks hold ViT-B-16 and vary by tens of MB from run to run, more than 200 B x the files
 between the sizes), the driver's storing of a listing at 0.1 M and 1.3 M synthetic names.
 
@@ -492,9 +492,11 @@ def data_path(work: Path, data: Path, sizes: tuple[int, int]) -> dict:
 # --- the final evaluation on 1 and 2 workers ------------------------------------------------------
 
 
-def final_evaluation(experiment: Path, scale: int) -> dict:
-    """The chosen checkpoint's test evaluation as the search ran it (with the zero-shot
-    comparison and the bootstrap), its sets' caps times ``scale``, on 1 and on 2 workers."""
+def final_evaluation(experiment: Path, scale: int, repeats: int) -> dict:
+    """The chosen checkpoint's test evaluation as the search runs it (with the zero-shot
+    comparison and the bootstrap), its sets' caps times ``scale``, on 1 and on 2 workers,
+    ``repeats`` times each, the order alternating (1, 2, then 2, 1): ``{workers: {"seconds":
+    [...], "metrics": [...]}}``."""
     from harness import quiet_ray_logs, ray_instance
 
     from raymmft.config import validate_config
@@ -508,26 +510,29 @@ def final_evaluation(experiment: Path, scale: int) -> dict:
         if spec.get("num_samples"):
             spec["num_samples"] *= scale
     cfg = validate_config(raw, "the experiment's config, caps scaled")
-    out = {}
+    out = {workers: {"seconds": [], "metrics": []} for workers in (1, 2)}
     with ray_instance(num_cpus=2):
         from raymmft.config import apply_trial_params
         from raymmft.search import evaluate_remote
 
-        for workers in (1, 2):
-            run_cfg = apply_trial_params(
-                cfg, {**record["params"], "resources.num_workers": workers}
-            )
-            start = time.perf_counter()
-            result = evaluate_remote(
-                run_cfg,
-                record["checkpoint"],
-                bootstrap=cfg.eval.bootstrap_resamples,
-                compare_start=True,
-            )
-            out[workers] = {
-                "seconds": time.perf_counter() - start,
-                "metrics": result.flat_metrics(),
-            }
+        for repeat in range(repeats):
+            for workers in (1, 2) if repeat % 2 == 0 else (2, 1):
+                run_cfg = apply_trial_params(
+                    cfg, {**record["params"], "resources.num_workers": workers}
+                )
+                start = time.perf_counter()
+                result = evaluate_remote(
+                    run_cfg,
+                    record["checkpoint"],
+                    bootstrap=cfg.eval.bootstrap_resamples,
+                    compare_start=True,
+                )
+                out[workers]["seconds"].append(time.perf_counter() - start)
+                out[workers]["metrics"].append(result.flat_metrics())
+                print(
+                    f"final evaluation on {workers} worker(s): {out[workers]['seconds'][-1]:.1f} s",
+                    flush=True,
+                )
     return out
 
 
@@ -543,6 +548,13 @@ def main() -> None:
         default=3,
         help="the 1-vs-2-worker final evaluation on the test sets' caps times this (default 3: "
         "the search's own sets are small enough for the start of a worker group to weigh)",
+    )
+    parser.add_argument(
+        "--final-repeats",
+        type=int,
+        default=2,
+        help="runs of the final evaluation on 1 and on 2 workers each, the order alternating; "
+        "the medians are compared (default 2: one run varies by about 5 %% here)",
     )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -607,11 +619,13 @@ def main() -> None:
             print(
                 f"search {kind}, N = {n}: {run['end'] - run['start']:.0f} s ({spans})", flush=True
             )
-    record = work / f"final-evaluation-x{args.final_scale}.json"
+    record = work / f"final-evaluation-x{args.final_scale}-r{args.final_repeats}.json"
     if record.exists():
         evaluation = {int(k): v for k, v in json.loads(record.read_text()).items()}
     else:
-        evaluation = final_evaluation(work / "results" / f"imagefolder-{large}", args.final_scale)
+        evaluation = final_evaluation(
+            work / "results" / f"imagefolder-{large}", args.final_scale, args.final_repeats
+        )
         record.write_text(json.dumps(evaluation))
     evaluation["scale"] = args.final_scale
     alone = data_path(work, data, (small, large))
@@ -677,16 +691,26 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
         "listings of each ImageFolder (class folders scanned / class folders; Parquet has none)",
     )
     one, two = evaluation[1], evaluation[2]
-    same = one["metrics"].keys() == two["metrics"].keys() and all(
-        abs(one["metrics"][k] - two["metrics"][k]) <= 1e-6 for k in one["metrics"]
+    reference = one["metrics"][0]
+    runs_metrics = one["metrics"] + two["metrics"]
+    same = all(m.keys() == reference.keys() for m in runs_metrics) and all(
+        abs(m[k] - reference[k]) <= 1e-6 for m in runs_metrics for k in reference
     )
-    largest_diff = max(abs(one["metrics"][k] - two["metrics"][k]) for k in one["metrics"])
-    speedup = one["seconds"] / two["seconds"]
+    largest_diff = max(abs(m[k] - reference[k]) for m in runs_metrics for k in reference)
+    speedup = statistics.median(one["seconds"]) / statistics.median(two["seconds"])
     table(
-        ["workers", "seconds", "metrics"],
-        [[1, one["seconds"], len(one["metrics"])], [2, two["seconds"], len(two["metrics"])]],
+        ["workers", "seconds, each run", "median", "metrics"],
+        [
+            [
+                w,
+                ", ".join(f"{s:.1f}" for s in evaluation[w]["seconds"]),
+                f"{statistics.median(evaluation[w]['seconds']):.1f}",
+                len(evaluation[w]["metrics"][0]),
+            ]
+            for w in (1, 2)
+        ],
         f"final evaluation of the chosen checkpoint (N = {large}, ImageFolder; the test sets' "
-        f"caps x {evaluation['scale']}): on 1 and 2 workers",
+        f"caps x {evaluation['scale']}): on 1 and 2 workers, the order alternating",
     )
     ours = ("driver", "trial driver", "train worker", "loader process")  # Ray's own hold no data
     ratio = max(
@@ -840,6 +864,7 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
             "extrapolated_files": IMAGENET_FILES,
             "final_eval_scale": evaluation["scale"],
             "final_eval_s": {"1": one["seconds"], "2": two["seconds"]},
+            "final_eval_pair_ratios": [a / b for a, b in zip(one["seconds"], two["seconds"])],
             "final_eval_speedup": speedup,
             "final_eval_max_metric_diff": largest_diff,
             "data_path_alone": {f"{k}/{m}/{n}": v for (k, m, n), v in alone.items()},
