@@ -370,3 +370,19 @@ def test_a_dataset_opened_from_a_stored_listing_holds_packed_paths(folder, tmp_p
     assert isinstance(opened.sample_ids, PackedNames)  # not a list of str per process
     assert list(opened.sample_ids) == list(walked.sample_ids)
     assert all(os.path.isfile(p) for p in opened.sample_ids)
+
+
+def test_packed_names_take_holds_indices_for_one_chunk_of_names_only():
+    import tracemalloc
+
+    names = [f"n{k % 1000:08d}/n{k % 1000:08d}_{k}.JPEG" for k in range(100_000)]
+    packed = PackedNames.of(names)
+    picks = np.arange(100_000)[::-1]
+    tracemalloc.start()
+    taken = packed.take(picks)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert taken[0] == names[-1] and taken[-1] == names[0]
+    kept = taken.data.nbytes + taken.offsets.nbytes
+    # an index per byte of every name would be 8 B x 3.1 MB of names for each of its arrays
+    assert peak - kept < 8 * 1024 * 1024, peak - kept

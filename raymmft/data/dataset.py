@@ -84,7 +84,7 @@ def release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-TAKE_CHUNK = 1 << 16  # strings per step of PackedNames.take
+TAKE_CHUNK = 4096  # strings per step of PackedNames.take: ~160 KB of names, 4 MB of indices
 
 
 class PackedNames(Sequence):
