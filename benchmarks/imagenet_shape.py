@@ -461,11 +461,13 @@ def child(mode: str, config: str, listings: str) -> None:
 
 
 def data_path(work: Path, data: Path, sizes: tuple[int, int]) -> dict:
-    """``{(kind of input, process, N): {"peak": B, "kept": B}}`` from fresh processes."""
+    """``{(kind of input, process, N): {"peak": B, "kept": B}}`` from fresh processes, the two
+    sizes (and the two stored listings) interleaved, so that a drift of the machine's state
+    between repeats falls on both sides of a difference."""
     from raymmft.config_file import load_config
     from raymmft.data.listing import data_specs, write_listings
 
-    out = {}
+    runs = {}
     for n in sizes:
         for kind in ("imagefolder", "parquet"):
             folder = data / (str(n) if kind == "imagefolder" else f"{n}-parquet")
@@ -475,18 +477,17 @@ def data_path(work: Path, data: Path, sizes: tuple[int, int]) -> dict:
             shutil.rmtree(listings, ignore_errors=True)
             write_listings(data_specs(load_config(str(config), []).data), str(listings))
             for mode in ("driver", "worker"):
-                repeats = [
-                    run_child(__file__, mode, config, listings) for _ in range(DATA_PATH_REPEATS)
-                ]
-                out[(kind, mode, n)] = {
-                    what: statistics.median(r[what] for r in repeats) for what in ("peak", "kept")
-                }
+                runs[(kind, mode, n)] = (mode, config, listings)
     for files in STORED_SIZES:  # the driver stores each listing: measured where it is large
-        repeats = [run_child(__file__, "store", files, "-") for _ in range(DATA_PATH_REPEATS)]
-        out[("imagefolder", "store", files)] = {
-            what: statistics.median(r[what] for r in repeats) for what in ("peak", "kept")
-        }
-    return out
+        runs[("imagefolder", "store", files)] = ("store", files, "-")
+    repeats = {key: [] for key in runs}
+    for _ in range(DATA_PATH_REPEATS):
+        for key, args in runs.items():
+            repeats[key].append(run_child(__file__, *args))
+    return {
+        key: {what: statistics.median(r[what] for r in rs) for what in ("peak", "kept")}
+        for key, rs in repeats.items()
+    }
 
 
 # --- the final evaluation on 1 and 2 workers ------------------------------------------------------
