@@ -26,7 +26,7 @@ final evaluation on 1 and 2 workers; and the targets, side by side:
 - the final evaluation on 2 workers >= 1.6x faster than on 1, with identical metrics;
 - no search lists a dataset more than once.
 
-    .venv/bin/python benchmarks/imagenet_shape.py                  # N = 5 and 25, ~35 min here
+    .venv/bin/python benchmarks/imagenet_shape.py                  # N = 5 and 25, ~45 min here
     .venv/bin/python benchmarks/imagenet_shape.py --sizes 2 5      # smaller
     .venv/bin/python benchmarks/imagenet_shape.py --keep DIR       # keep the data and results
 """
