@@ -74,11 +74,12 @@ def _evaluate(rank: int, world_size: int, remine: bool) -> dict:
     }
 
 
-def _worker(rank, port, out_dir, remine):
+def _gloo_worker(rank, port, out_dir, fn, args):
+    """``fn(rank, 2, *args)`` on rank ``rank`` of a 2-process gloo group, its result saved."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        torch.save(_evaluate(rank, 2, remine), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(fn(rank, 2, *args), os.path.join(out_dir, f"rank{rank}.pt"))
         gc.collect()
         dist.barrier()
     finally:
@@ -91,9 +92,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _two_workers(tmp_path, remine: bool) -> list[dict]:
+def _on_two_workers(tmp_path, fn, *args) -> list:
+    """Both ranks' ``fn(rank, 2, *args)``, run in two spawned gloo processes."""
     mp.start_processes(
-        _worker, args=(_port(), str(tmp_path), remine), nprocs=2, start_method="spawn"
+        _gloo_worker, args=(_port(), str(tmp_path), fn, args), nprocs=2, start_method="spawn"
     )
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
@@ -121,7 +123,7 @@ def _assert_same(one: dict, two: dict) -> None:
 
 def test_two_workers_evaluate_like_one(tmp_path):
     one = _evaluate(0, 1, remine=False)
-    ranks = _two_workers(tmp_path, remine=False)
+    ranks = _on_two_workers(tmp_path, _evaluate, False)
     for two in ranks:  # every rank gets the whole evaluation
         _assert_same(one, two)
     # each image encoded once, by one rank: ID 12 + 11, far 4 + 5, near 4 + 1
@@ -132,7 +134,7 @@ def test_two_workers_evaluate_like_one(tmp_path):
 def test_remining_split_over_two_workers_mines_like_one(tmp_path):
     one = _evaluate(0, 1, remine=True)
     assert one["num_negatives"] == 18
-    for two in _two_workers(tmp_path, remine=True):
+    for two in _on_two_workers(tmp_path, _evaluate, True):
         _assert_same(one, two)
 
 
@@ -176,21 +178,10 @@ def _score_blocks(rank: int, world_size: int) -> dict:
     }
 
 
-def _score_worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.save(_score_blocks(rank, 2), os.path.join(out_dir, f"scores{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 def test_scoring_is_split_over_two_workers_block_by_block(tmp_path):
     one = _score_blocks(0, 1)
     assert one["rows_scored"] == 3700
-    mp.start_processes(_score_worker, args=(_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"scores{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = _on_two_workers(tmp_path, _score_blocks)
     # blocks of 1,024 rows: rank 0 scores ID block 1 of 3 and OoD block 1 of 2, rank 1 the rest
     assert [r["rows_scored"] for r in ranks] == [1024 + 1024, 1576 + 76]
     for two in ranks:  # the same blocks as one worker: the same scores, bit for bit
@@ -216,21 +207,10 @@ def _encode_text(rank: int, world_size: int) -> dict:
     return {"features": encoder(TEXT), "batches": batches}
 
 
-def _text_worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.save(_encode_text(rank, 2), os.path.join(out_dir, f"text{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 def test_text_is_split_over_two_workers_by_tokens_and_put_back_in_order(tmp_path):
     one = _encode_text(0, 1)
     assert one["batches"] == [2] * 6 + [1]
-    mp.start_processes(_text_worker, args=(_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"text{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = _on_two_workers(tmp_path, _encode_text)
     # 7 batches of 13 prompts shared by tokens: each rank encodes some, together all, once
     assert all(r["batches"] for r in ranks)
     assert sum(sum(r["batches"]) for r in ranks) == 13
