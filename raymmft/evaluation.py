@@ -375,7 +375,7 @@ class Evaluator:
         with loader processes, they are kept between evaluations)."""
         from torch.utils.data import DataLoader, Subset
 
-        from raymmft.data import loader_workers
+        from raymmft.data.loading import loader_context, loader_workers
 
         if name not in self._loaders:
             block = Subset(dataset, self._block(len(dataset)))
@@ -387,6 +387,7 @@ class Evaluator:
                 num_workers=workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=workers > 0,
+                multiprocessing_context=loader_context() if workers > 0 else None,
             )
         return self._loaders[name]
 

@@ -29,6 +29,7 @@ from raymmft.data import (
     per_worker_batch,
 )
 from raymmft.data.dataset import fill_unreadable
+from raymmft.data.loading import start_loader_server
 from raymmft.data.spec import set_names
 from raymmft.evaluation import Evaluator
 from raymmft.finetune import FineTuner, seed_everything, steps_per_epoch
@@ -83,6 +84,8 @@ def model_of(cfg: Config, device: torch.device | str = "cpu"):
     """The starting model of ``cfg`` (arch, weights, temperature, precision) on ``device``. The
     random state is seeded with ``train.seed`` first, so a randomly initialised start is the same
     for every trial, the preparation step and the final evaluation."""
+    if loader_workers(cfg.data.num_workers, cfg.resources.cpus_per_worker):
+        start_loader_server()  # this worker's loaders start from it: its imports overlap the build
     seed_everything(cfg.train.seed)
     return build_model(
         cfg.model.arch,

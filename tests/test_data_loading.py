@@ -1,5 +1,6 @@
 """Every kind through open_clip's preprocessing, and per-worker loaders that shard an epoch."""
 
+import os
 import re
 
 import numpy as np
@@ -124,6 +125,36 @@ def test_dataloader_workers_give_the_same_batches(transform):
     assert len(serial) == len(parallel) == 4
     for (images_a, labels_a), (images_b, labels_b) in zip(serial, parallel):
         assert torch.equal(images_a, images_b) and torch.equal(labels_a, labels_b)
+
+
+class _LoaderMemory(torch.utils.data.Dataset):
+    """One sample: the resident memory (MiB) and the parent of the process that loads it."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return int(status["VmRSS"].split()[0]) // 1024, os.getppid()
+
+
+def _rss_mib() -> int:
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["VmRSS"].split()[0]) // 1024
+
+
+def test_a_loader_process_does_not_hold_its_parents_memory():
+    """Loader processes start from a fork server: a process forked from this one would map the
+    512 MiB block (and keep it as its own copy once this process rewrites it)."""
+    block = torch.ones(2**27)  # 512 MiB, written
+    parent = _rss_mib()
+    loader = build_loader(_LoaderMemory(), 1, shuffle=False, seed=0, num_workers=1)
+    [(rss, ppid)] = [(int(r), int(p)) for r, p in loader]
+    # forked, it would map the block and most of this process's heap (here 998 of 1,336 MiB); from
+    # the fork server, imports only (490)
+    assert parent - rss > 600, (rss, parent)
+    assert ppid != os.getpid()  # the fork server's child, not this process's
+    del block
 
 
 def test_batch_and_rank_errors():

@@ -29,6 +29,7 @@ data:
   id_train: "imagefolder:data/images?split=train"
   id_val: "imagefolder:data/images?split=val"
   ood_val: [imagefolder:data/ood]
+  num_workers: 1  # a loader process per Ray worker (from a fork server)
 search:
   space:
     train.lam: {uniform: [0.0, 1.0]}
