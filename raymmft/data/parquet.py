@@ -49,7 +49,9 @@ SHARD_NAME = "part-{:05d}.parquet"
 # Rows per row group the converter writes: a group is the unit of reading and caching, so a
 # small one bounds memory (~100 ImageNet JPEGs: ~11 MB) and keeps each group within few batches.
 ROWS_PER_GROUP = 100
-CACHED_GROUPS = 2  # row groups kept per process (a batch may straddle two)
+# Row groups kept per process: an epoch is read group after group (``RowGroupSampler``, and an
+# evaluation's shard in dataset order), so a batch that straddles two reads one, then the other.
+CACHED_GROUPS = 1
 OPEN_FILES = 4  # Parquet files kept open per process
 READ_BUFFER = 2**20  # bytes read at a time from a file
 CHECK_GROUPS = 16  # row groups the preflight reads, spread over the dataset (``check_all``: all)
@@ -364,6 +366,8 @@ class ParquetImageDataset(LabeledImageDataset):
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
+        while len(cache) >= CACHED_GROUPS:  # room first: a read holds its own group, not one more
+            cache.popitem(last=False)
         source = self._parquet_file(int(self.groups.file[g]))
         try:
             table = source.read_row_group(int(self.groups.index[g]), columns=[column])
@@ -372,8 +376,9 @@ class ParquetImageDataset(LabeledImageDataset):
             raise DataError(f"cannot read parquet {name}: {exc}") from None
         cache[key] = table.column(0)
         self.group_reads += 1
-        while len(cache) > CACHED_GROUPS:
-            cache.popitem(last=False)
+        # Arrow's allocator keeps the pages of the dropped group and of the read's buffers: in a
+        # loader process they were more than the group itself
+        release_arrow_memory()
         return cache[key]
 
     def _cell(self, index: int, column: str):
