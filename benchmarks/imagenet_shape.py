@@ -8,7 +8,7 @@ convert-parquet`; writes a config of its own (ViT-B-16, random init, bf16, 2 wor
 one DataLoader process each, 2 training steps, evaluation sets capped) and runs `raymmft search` on
 each input and size, after one unmeasured warm-up search that mines NegLabel's negatives into the
 cache every measured search reads. A sampler reads the RSS of every process under the command
-(/proc; of a forked DataLoader process its private memory) every 0.25 s; the command's own lines,
+(/proc; of a DataLoader process and of the fork server it starts from, its private memory) every 0.25 s; the command's own lines,
 timed, mark the phases; a `sitecustomize` on PYTHONPATH (`benchmarks/imagenet_shape_hooks/`)
 counts the scans of each dataset's class folders. Then the chosen checkpoint's test evaluation (the
 search's last step, `evaluate_remote`; its sets' caps x 3, `--final-scale`) runs on 1 and on 2
@@ -246,6 +246,9 @@ def _title(pid: int) -> str:
         return ""
 
 
+LOADERS = ("loader process", "loader server")  # sampled by their private memory
+SERVER = "raymmft.data.loading"  # in the command line of the loaders' fork server and its children
+
 SYSTEM = ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env", "agent")
 
 
@@ -255,7 +258,10 @@ def role(pid: int, root: int, parents: dict[int, int], titles: dict[int, str]) -
     if pid == root:
         return "driver"
     title = titles[pid]
-    if "RayTrainWorker" in title:
+    if SERVER in title:  # loaders start from a fork server of their worker (its preload names it)
+        parent = titles.get(parents.get(pid, 0), "")
+        return "loader process" if SERVER in parent else "loader server"
+    if "RayTrainWorker" in title:  # a loader forked from its worker (before the fork server)
         parent = titles.get(parents.get(pid, 0), "")
         return "loader process" if "RayTrainWorker" in parent else "train worker"
     if title.startswith("ray::IDLE") or "default_worker.py" in title:  # not yet given a task
@@ -296,8 +302,8 @@ class Sampler(threading.Thread):
                 titles[pid] = _title(pid)  # Ray workers change their title as they change role
             for pid in below:
                 kind = role(pid, self.root, parents, titles)
-                # forked: its RSS would count its parent's pages (the model, the optimizer state)
-                rss = _private(pid) if kind == "loader process" else _rss(pid)
+                # its RSS would count the pages it shares with its fork server (the imports)
+                rss = _private(pid) if kind in LOADERS else _rss(pid)
                 if rss is not None:
                     self.samples.append((now, kind, pid, rss))
             self.stop.wait(SAMPLE_S)
@@ -452,12 +458,20 @@ def child(mode: str, config: str, listings: str) -> None:
         train = open_dataset(cfg.data.id_train, transform, listings=stored)
         for spec in [cfg.data.id_val, *cfg.data.ood_val, *cfg.data.ood_test]:
             open_dataset(spec, transform, id_classnames=train.classnames, listings=stored)
-        loader = build_loader(train, 4, shuffle=True, seed=0, rank=0, world_size=2)
+        loader = build_loader(
+            train, 4, shuffle=True, seed=0, rank=0, world_size=2, num_workers=cfg.data.num_workers
+        )
         for k, _ in enumerate(loader):
             if k == 3:
                 break
     peak, kept = proc_status("VmHWM") - base, proc_status("VmRSS") - base
-    print(json.dumps({"peak": peak, "kept": kept}))
+    out = {"peak": peak, "kept": kept}
+    if mode == "worker":  # its loader process (a child of the fork server, a child of this one)
+        parents = _children()
+        servers = {pid for pid, parent in parents.items() if parent == os.getpid()}
+        loaders = [pid for pid, parent in parents.items() if parent in servers]
+        out["loader"] = max(_private(pid) or 0 for pid in loaders)
+    print(json.dumps(out))
 
 
 def data_path(work: Path, data: Path, sizes: tuple[int, int]) -> dict:
@@ -485,7 +499,7 @@ def data_path(work: Path, data: Path, sizes: tuple[int, int]) -> dict:
         for key, args in runs.items():
             repeats[key].append(run_child(__file__, *args))
     return {
-        key: {what: statistics.median(r[what] for r in rs) for what in ("peak", "kept")}
+        key: {what: statistics.median(r[what] for r in rs) for what in rs[0]}
         for key, rs in repeats.items()
     }
 
@@ -713,7 +727,7 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
         f"final evaluation of the chosen checkpoint (N = {large}, ImageFolder; the test sets' "
         f"caps x {evaluation['scale']}): on 1 and 2 workers, the order alternating",
     )
-    ours = ("driver", "trial driver", "train worker", "loader process")  # Ray's own hold no data
+    ours = ("driver", "trial driver", "train worker", *LOADERS)  # Ray's own hold no data
     ratio = max(
         parquet["peaks"][key] / folder["peaks"][key]
         for key in parquet["peaks"]
@@ -769,14 +783,18 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
     for kind_of_input in ("imagefolder", "parquet"):
         for mode in ("driver", "worker"):
             lo, hi = alone[(kind_of_input, mode, small)], alone[(kind_of_input, mode, large)]
-            for what in ("peak", "kept"):
+            for what in lo:
                 per_file = (hi[what] - lo[what]) / files
                 alone_growth[(kind_of_input, mode, what)] = per_file
                 alone_rows.append(
                     [
                         kind_of_input,
-                        "driver: preflight" if mode == "driver" else "worker: datasets + 4 batches",
-                        what,
+                        "driver: preflight"
+                        if mode == "driver"
+                        else "worker: datasets + 4 batches"
+                        if what != "loader"
+                        else "its loader process",
+                        "private" if what == "loader" else what,
                         f"{lo[what] / MIB:.1f}",
                         f"{hi[what] / MIB:.1f}",
                         f"{per_file:+.0f}",
@@ -795,6 +813,7 @@ def report(runs, evaluation, alone, small: int, large: int, load_start) -> None:
         ],
         alone_rows,
         "the data path alone, in a fresh process per size (above the memory after its imports; "
+        "a loader process: all its private memory; "
         f"median of {DATA_PATH_REPEATS})",
     )
     lo, hi = (alone[("imagefolder", "store", n)] for n in STORED_SIZES)
