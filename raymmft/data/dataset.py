@@ -91,8 +91,8 @@ class PackedNames(Sequence):
     """Strings packed in one byte array with an array of offsets, each read back as ``prefix``
     plus its bytes (file system encoding): about a byte a character and 8 B a string, with no
     Python object per string. An ImageFolder of 1.28 M files keeps its paths in two arrays (a
-    list of str: about 110 B a path), and a forked DataLoader process reads them without copying
-    a page (it copies a list's pages as it touches each string's reference count)."""
+    list of str: about 110 B a path), and they reach a loader process pickled as two arrays (its
+    dataset pickles to about 41 B a file in the ImageNet-shape benchmark)."""
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray, prefix: str = ""):
         self.data, self.offsets, self.prefix = data, offsets, prefix
