@@ -68,7 +68,11 @@ def read_torch_file(location: str | Location, what: str = "checkpoint") -> objec
         if location.is_local and zipfile.is_zipfile(location.local_path):
             return torch.load(location.local_path, map_location="cpu", weights_only=True, mmap=True)
         data = location.read_bytes()
+        if not data:  # torch would say only "EOFError"
+            raise ModelError(f"cannot read {what} {location}: the file is empty")
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except ModelError:
+        raise
     except StorageError as exc:
         raise ModelError(str(exc)) from None
     except Exception as exc:  # torch raises many types for corrupt or foreign files

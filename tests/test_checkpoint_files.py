@@ -2,10 +2,12 @@
 reads) and the rest of the training state (``train_state.pt``, AdamW's moments included); an
 evaluation reads only the first, a resumed run both; older single-file checkpoints load."""
 
+import pytest
 import torch
 
 from raymmft import checkpoint as ckpt
 from raymmft.config import TrainConfig
+from raymmft.errors import ModelError
 from raymmft.finetune import FineTuner
 from raymmft.model import build_model
 from raymmft.text import tokenize_class_prompts
@@ -76,3 +78,17 @@ def test_a_local_checkpoint_is_mapped_not_copied_and_a_legacy_file_is_read_whole
     assert str(legacy.resolve()) not in open("/proc/self/maps").read()
     for key, value in state["model"].items():
         assert torch.equal(read["model"][key], value), key
+
+
+def test_an_empty_or_cut_checkpoint_is_named_with_what_is_wrong(tmp_path):
+    bundle, state = _trained_state()
+    ckpt.save_state(state, tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(ModelError) as caught:
+        ckpt.load_weights(bundle.model, str(tmp_path), arch="raymmft-tiny")
+    assert str(caught.value) == f"cannot read checkpoint {tmp_path / 'model.pt'}: the file is empty"
+    ckpt.save_state(state, tmp_path)
+    whole = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / "model.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ModelError, match=rf"^cannot read checkpoint {tmp_path / 'model.pt'}: \S"):
+        ckpt.load_weights(bundle.model, str(tmp_path), arch="raymmft-tiny")

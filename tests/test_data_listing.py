@@ -252,6 +252,20 @@ def test_a_listing_of_a_folder_that_lost_a_file_fails_where_the_file_is_read(fol
     assert str(checked.value) == str(caught.value)
 
 
+def test_a_file_name_that_is_not_utf8_is_named_when_the_listing_is_stored(folder, tmp_path):
+    bad = os.fsencode(folder / "red_circle") + b"/caf\xe9.png"  # Latin-1, as an old archive's
+    with open(bad, "wb") as out:
+        out.write((folder / "red_circle" / "1.png").read_bytes())
+    listing = list_image_folder(folder)
+    assert len(listing.files) == 3 * 8 + 1  # listed: the name is a file system name
+    with pytest.raises(DataError) as caught:
+        write_listing(listing, tmp_path / "listing.parquet")
+    assert str(caught.value) == (
+        f"{folder}: the file name red_circle/caf\\xe9.png is not UTF-8; rename it"
+    )
+    assert not (tmp_path / "listing.parquet").exists()
+
+
 def test_a_listing_of_another_folder_or_not_a_listing_is_refused(folder, tmp_path):
     other = tmp_path / "other"
     _png(other / "cat" / "0.png", 1)

@@ -70,6 +70,17 @@ def list_datasets(specs: Iterable[DatasetSpec]) -> dict[str, ImageFolderListing]
     return listings
 
 
+def first_not_utf8(names: PackedNames) -> str:
+    """The first name that is not UTF-8, its other bytes shown as ``\\xNN``."""
+    for start, end in zip(names.offsets[:-1], names.offsets[1:]):
+        raw = names.data[start:end].tobytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", "backslashreplace")
+    raise ValueError("every name is UTF-8")
+
+
 def listing_bytes(listing: ImageFolderListing) -> bytes:
     meta = {"format": LISTING_FORMAT, "root": listing.root, "folders": list(listing.folders)}
     schema = pa.schema(
@@ -85,8 +96,10 @@ def listing_bytes(listing: ImageFolderListing) -> bytes:
     )
     try:
         paths.validate(full=True)
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"{listing.root}: a file name is not UTF-8 ({exc})") from None
+    except pa.ArrowInvalid:
+        raise DataError(
+            f"{listing.root}: the file name {first_not_utf8(files)} is not UTF-8; rename it"
+        ) from None
     table = pa.table(
         {"path": paths.cast(pa.string()), "label": listing.labels},
         schema=schema,
