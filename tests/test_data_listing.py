@@ -260,10 +260,12 @@ def test_a_file_name_that_is_not_utf8_is_named_when_the_listing_is_stored(folder
     assert len(listing.files) == 3 * 8 + 1  # listed: the name is a file system name
     with pytest.raises(DataError) as caught:
         write_listing(listing, tmp_path / "listing.parquet")
-    assert str(caught.value) == (
-        f"{folder}: the file name red_circle/caf\\xe9.png is not UTF-8; rename it"
-    )
+    message = f"{folder}: the file name red_circle/caf\\xe9.png is not UTF-8; rename it"
+    assert str(caught.value) == message
     assert not (tmp_path / "listing.parquet").exists()
+    with pytest.raises(DataError) as listed:  # the preflight's listing: before any worker starts
+        list_datasets([DatasetSpec(uri=f"imagefolder:{folder}")])
+    assert str(listed.value) == message
 
 
 def test_a_listing_of_another_folder_or_not_a_listing_is_refused(folder, tmp_path):

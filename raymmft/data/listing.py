@@ -67,6 +67,7 @@ def list_datasets(specs: Iterable[DatasetSpec]) -> dict[str, ImageFolderListing]
         key = listing_key(spec)
         if key is not None and key not in listings:
             listings[key] = list_image_folder(key)
+            path_column(listings[key])  # a name it cannot store fails here, before any worker
     return listings
 
 
@@ -81,13 +82,10 @@ def first_not_utf8(names: PackedNames) -> str:
     raise ValueError("every name is UTF-8")
 
 
-def listing_bytes(listing: ImageFolderListing) -> bytes:
-    meta = {"format": LISTING_FORMAT, "root": listing.root, "folders": list(listing.folders)}
-    schema = pa.schema(
-        [("path", pa.string()), ("label", pa.int32())],
-        metadata={LISTING_KEY: json.dumps(meta).encode("utf-8", "surrogateescape")},
-    )
-    files = listing.files  # its packed bytes as an Arrow column, without a string per file
+def path_column(listing: ImageFolderListing) -> pa.LargeStringArray:
+    """The listing's file names as an Arrow column of its packed bytes (no string per file). A
+    listing is stored as UTF-8: a name that is not is a ``DataError`` naming it."""
+    files = listing.files
     first, last = int(files.offsets[0]), int(files.offsets[-1])
     paths = pa.LargeStringArray.from_buffers(
         len(files),
@@ -100,6 +98,16 @@ def listing_bytes(listing: ImageFolderListing) -> bytes:
         raise DataError(
             f"{listing.root}: the file name {first_not_utf8(files)} is not UTF-8; rename it"
         ) from None
+    return paths
+
+
+def listing_bytes(listing: ImageFolderListing) -> bytes:
+    meta = {"format": LISTING_FORMAT, "root": listing.root, "folders": list(listing.folders)}
+    schema = pa.schema(
+        [("path", pa.string()), ("label", pa.int32())],
+        metadata={LISTING_KEY: json.dumps(meta).encode("utf-8", "surrogateescape")},
+    )
+    paths = path_column(listing)
     table = pa.table(
         {"path": paths.cast(pa.string()), "label": listing.labels},
         schema=schema,
