@@ -188,7 +188,7 @@ def loader_context() -> multiprocessing.context.BaseContext:
 
     A loader process forked from its parent (torch's default) keeps, as its own copy, every page
     the parent rewrites after the fork: the model's activations, and in training its weights,
-    gradients and optimizer state (0.3-1.6 GB a loader process in the ImageNet-shape benchmark,
+    gradients and optimizer state (0.3-2.1 GB a loader process in the ImageNet-shape benchmark,
     depending on when it was forked). From the fork server it holds its dataset and what it
     decodes. The dataset travels pickled, so a script that starts loaders guards its entry point
     with ``if __name__ == "__main__":`` (as multiprocessing asks on macOS and Windows)."""
